@@ -1,0 +1,334 @@
+"""The `douane` command: replay, demo, lookup, check, version."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, TextIO
+
+import structlog
+from douane.daemon import __version__
+from douane.daemon.config import Config, ConfigError, load_config
+from douane.daemon.flows import FlowTable
+from douane.daemon.logsetup import configure_logging
+from douane.daemon.metrics import DaemonCollector, GeoDatabaseStatus, Metrics
+from douane.daemon.pcapfile import CaptureFile, CaptureFormatError, open_capture
+from douane.daemon.pipeline import Pipeline, Record, geo_stage
+from douane.daemon.summary import Summary
+from douane.geo.lookup import ATTRIBUTION, GeoConfig, GeoDatabases
+from prometheus_client import CollectorRegistry, generate_latest, start_http_server
+
+EXIT_OK = 0
+EXIT_PROBLEM = 1  # the command ran and found something wrong (check, unreadable part of a capture)
+EXIT_USAGE = 2  # bad arguments, configuration or input file
+
+log = structlog.get_logger("douane")
+
+
+def geo_config(config: Config) -> GeoConfig:
+    g = config.geo
+    return GeoConfig(
+        country_db=g.country_db, asn_db=g.asn_db, as_names=g.as_names, cache_size=g.cache_size
+    )
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """`host:port` or `[v6]:port` into (host, port)."""
+    host, _, port = text.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+@dataclass
+class Replay:
+    """Everything one replay builds: wired in order, so tests can run it in-process too."""
+
+    config: Config
+    registry: CollectorRegistry
+    metrics: Metrics
+    geo: GeoDatabases
+    pipeline: Pipeline
+    table: FlowTable
+    summary: Summary
+
+    @classmethod
+    def build(cls, config: Config, sinks: Sequence[Any] = ()) -> Replay:
+        registry = CollectorRegistry()
+        metrics = Metrics(registry)
+        geo = GeoDatabases(geo_config(config))
+        summary = Summary()
+        pipeline = Pipeline([geo_stage(geo)], metrics, [summary, *sinks])
+        table = FlowTable(config.flows, pipeline.on_close, pipeline.on_update)
+        replay = cls(config, registry, metrics, geo, pipeline, table, summary)
+        registry.register(
+            DaemonCollector(
+                table_stats=lambda: (
+                    table.stats.ignored, table.stats.dropped, len(table), table.stats.evictions,
+                    table.stats.flows_created,
+                ),
+                sources=lambda: {"pcap": table.stats.packets},
+                dns_cache_entries=lambda: 0,
+                geo_databases=replay.geo_status,
+            )
+        )
+        # Windows (top destinations) follow packet time in a replay, not the wall clock.
+        metrics.clock = lambda: table.now
+        return replay
+
+    def geo_status(self) -> list[GeoDatabaseStatus]:
+        return [
+            GeoDatabaseStatus(db.name, db.build_time.timestamp() if db.build_time else None)
+            for db in self.geo.databases()
+        ]
+
+    def run(self, capture: CaptureFile) -> None:
+        """Ingest the whole capture, then end every flow. Raises CaptureFormatError, OSError."""
+        self.geo.start()
+        try:
+            self.table.ingest(capture)
+        finally:
+            self.table.flush()
+
+
+class Progress:
+    """A progress bar on stderr, shown only on a terminal and only after the first second."""
+
+    def __init__(self, capture: CaptureFile, out: TextIO) -> None:
+        self._capture = capture
+        self._out = out
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._shown = False
+
+    def __enter__(self) -> Progress:
+        if self._out.isatty():
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        if self._shown:
+            self._out.write("\r\x1b[K")
+            self._out.flush()
+
+    def _run(self) -> None:
+        start = time.monotonic()
+        while not self._stop.wait(0.25):
+            elapsed = time.monotonic() - start
+            size = self._capture.size
+            if elapsed < 1.0 or not size:
+                continue
+            done = min(self._capture.bytes_read / size, 1.0)
+            bar = "#" * int(done * 30)
+            self._out.write(f"\r[{bar:<30}] {done:4.0%} {elapsed:5.1f}s")
+            self._out.flush()
+            self._shown = True
+
+
+def _json_sink(out: TextIO) -> Any:
+    def write(record: Record) -> None:
+        out.write(json.dumps(record, ensure_ascii=False, separators=(", ", ": ")) + "\n")
+
+    return write
+
+
+def cmd_replay(args: argparse.Namespace, path: Path | None = None) -> int:
+    config = load_config(args.config)
+    configure_logging(config.log_level, config.log_format)
+    capture_path = path or Path(args.file)
+    sinks = [_json_sink(sys.stdout)] if args.json else []
+    replay = Replay.build(config, sinks)
+    capture = open_capture(capture_path)
+    status = EXIT_OK
+    try:
+        with Progress(capture, sys.stderr):
+            replay.run(capture)
+    except CaptureFormatError as exc:
+        print(f"douane: {exc}", file=sys.stderr)
+        status = EXIT_USAGE
+    except OSError as exc:
+        print(f"douane: {capture_path}: cannot read ({exc.strerror or exc})", file=sys.stderr)
+        return EXIT_USAGE
+    stats = replay.table.stats
+    if capture.truncated:
+        print(
+            f"douane: warning: {capture_path}: the last record is cut short (capture ended "
+            "mid-write); every complete packet before it was read",
+            file=sys.stderr,
+        )
+    if capture.bad_records:
+        print(f"douane: warning: {capture_path}: {capture.bad_records} inconsistent pcapng blocks "
+              "skipped", file=sys.stderr)
+    malformed = sum(stats.dropped.values())
+    if malformed:
+        reasons = ", ".join(f"{n} {d}" for d, n in sorted(stats.malformed_detail.items()))
+        print(f"douane: {malformed} malformed or truncated packets skipped ({reasons})",
+              file=sys.stderr)
+    if not args.json:
+        replay.summary.render(sys.stdout, stats, str(capture_path))
+    sys.stdout.flush()
+    if args.metrics_out:
+        Path(args.metrics_out).write_bytes(generate_latest(replay.registry))
+    if getattr(args, "serve", None):
+        return _serve(replay.registry, args.serve, status)
+    return status
+
+
+def _serve(registry: CollectorRegistry, listen: str, status: int) -> int:
+    host, port = parse_listen(listen)
+    server, thread = start_http_server(port, addr=host, registry=registry)
+    print(f"douane: serving metrics on http://{listen}/metrics until interrupted", file=sys.stderr)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    server.shutdown()
+    thread.join(timeout=5)
+    return status
+
+
+def demo_capture() -> Path:
+    return Path(str(resources.files("douane.daemon") / "data" / "demo.pcap"))
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    args.config = None
+    args.file = None
+    return cmd_replay(args, demo_capture())
+
+
+def cmd_lookup(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    configure_logging(config.log_level, config.log_format)
+    geo = GeoDatabases(geo_config(config))
+    geo.start()
+    sources = {db.name: db for db in geo.databases()}
+    answers = []
+    for address in args.addresses:
+        answer = geo.lookup(address)
+        answers.append({
+            "address": address,
+            "asn": answer.asn,
+            "as_name": answer.as_name,
+            "location_country": answer.location_country,
+            "location_zone": answer.location_zone,
+            "databases": {
+                name: {
+                    "path": db.path,
+                    "built": db.build_time.date().isoformat() if db.build_time else None,
+                    "error": db.error,
+                }
+                for name, db in sources.items()
+            },
+        })
+    if args.json:
+        for entry in answers:
+            print(json.dumps(entry, ensure_ascii=False))
+        return EXIT_OK
+    for entry in answers:
+        asn = f"AS{entry['asn']}" if entry["asn"] is not None else "unknown"
+        print(f"{entry['address']}")
+        print(f"  asn:       {asn} {entry['as_name'] or ''}".rstrip())
+        print(f"  country:   {entry['location_country'] or 'unknown'}")
+        print(f"  zone:      {entry['location_zone']}")
+        for name, db in entry["databases"].items():
+            state = f"error: {db['error']}" if db["error"] else f"built {db['built'] or '?'}"
+            print(f"  {name + ' db:':<10} {db['path']} ({state})")
+    return EXIT_OK
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    configure_logging(config.log_level, config.log_format)
+    geo = GeoDatabases(geo_config(config))
+    geo.start()
+    problems = list(geo.problems())
+    if config.capture.pcap is not None and not config.capture.pcap.is_file():
+        problems.append(f"{config.source}: key 'capture.pcap': no such file {config.capture.pcap}")
+    for problem in problems:
+        print(f"douane check: {problem}", file=sys.stderr)
+    if problems:
+        return EXIT_PROBLEM
+    print(f"douane check: {config.source}: configuration valid; "
+          + ", ".join(f"{db.name} database {db.path}" for db in geo.databases()) + " readable")
+    return EXIT_OK
+
+
+def cmd_version(args: argparse.Namespace) -> int:
+    geo = GeoDatabases(GeoConfig())
+    geo.start()
+    print(f"douane {__version__}")
+    for db in geo.databases():
+        built = db.build_time.date().isoformat() if db.build_time else "unknown date"
+        print(f"  {db.name} database: {db.path} (built {built}; {db.source}, {db.licence})")
+    print()
+    print(ATTRIBUTION)
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="douane",
+        description="Watches what leaves a network and says, flow by flow, where the data goes "
+        "and under which jurisdiction.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add_config(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", "-c", metavar="CFG", help="configuration file (YAML)")
+
+    p = sub.add_parser("replay", help="run the whole pipeline over a pcap or pcapng file")
+    p.add_argument("file", metavar="FILE", help="pcap or pcapng capture")
+    add_config(p)
+    p.add_argument("--json", action="store_true", help="print one flow record (JSON) per line")
+    p.add_argument("--metrics-out", metavar="PATH", help="write the Prometheus metrics at the end")
+    p.add_argument("--serve", metavar="ADDR", help="then serve the metrics on ADDR (host:port)")
+    p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("demo", help="replay the demo capture shipped with douane")
+    p.add_argument("--json", action="store_true", help="print one flow record (JSON) per line")
+    p.add_argument("--metrics-out", metavar="PATH", help="write the Prometheus metrics at the end")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("lookup", help="ASN, AS name, country and zone of addresses")
+    p.add_argument("addresses", nargs="+", metavar="ADDRESS")
+    add_config(p)
+    p.add_argument("--json", action="store_true", help="one JSON object per address")
+    p.set_defaults(func=cmd_lookup)
+
+    p = sub.add_parser("check", help="validate the configuration and the databases")
+    add_config(p)
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("version", help="version, database dates and data attribution")
+    p.set_defaults(func=cmd_version)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        status: int = args.func(args)
+    except ConfigError as exc:
+        print(f"douane: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # `douane replay --json | head`: the reader left; not an error of ours.
+        sys.stderr.close()
+        return EXIT_OK
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,289 @@
+"""The configuration file: YAML in, frozen dataclasses out, or a `ConfigError` naming what is wrong.
+
+Defaults live here in code; the YAML overrides them. Every key is checked: an unknown key is an error
+(a typo would otherwise silently keep a default), and every error names the file, the key's dotted
+path and what was expected.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from douane.daemon.flows import DEFAULT_INTERNAL, FlowConfig
+
+DATA_CATEGORY_NAMES = ("health", "school", "personal")
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with the file, the key and what was expected."""
+
+    def __init__(self, source: str, key: str, expected: str, got: object = None) -> None:
+        where = f"{source}: key '{key}'" if key else source
+        message = f"{where}: expected {expected}"
+        if got is not None:
+            shown = repr(got)
+            message += f", got {shown[:80]}{'…' if len(shown) > 80 else ''}"
+        super().__init__(message)
+        self.source = source
+        self.key = key
+        self.expected = expected
+
+
+@dataclass(frozen=True)
+class CaptureConfig:
+    interfaces: tuple[str, ...] = ()
+    pcap: Path | None = None
+    bpf: str = ""
+
+
+@dataclass(frozen=True)
+class ZoneConfig:
+    name: str
+    networks: tuple[str, ...]
+    categories: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class GeoFiles:
+    """Where to find the geo databases; None means the data embedded in the package."""
+
+    country_db: Path | None = None
+    asn_db: Path | None = None
+    as_names: Path | None = None
+    cache_size: int = 65536
+
+
+@dataclass(frozen=True)
+class Config:
+    source: str = "<defaults>"
+    capture: CaptureConfig = field(default_factory=CaptureConfig)
+    flows: FlowConfig = field(default_factory=FlowConfig)
+    zones: tuple[ZoneConfig, ...] = ()
+    policy: Path | None = None
+    exporter_listen: str = "127.0.0.1:9742"
+    evidence_path: Path | None = None
+    pseudonymise_internal_addresses: bool = True
+    geo: GeoFiles = field(default_factory=GeoFiles)
+    log_level: str = "info"
+    log_format: str = "auto"
+
+
+# --- value checkers: each returns the converted value or raises ValueError(expected) -------------
+
+
+def _positive_number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ValueError("a positive number of seconds")
+    return float(value)
+
+
+def _positive_int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError("a positive whole number")
+    return value
+
+
+def _string(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("a string")
+    return value
+
+
+def _boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError("true or false")
+    return value
+
+
+def _path(value: Any) -> Path:
+    if not isinstance(value, str) or not value:
+        raise ValueError("a file path")
+    return Path(value)
+
+
+def _network(value: Any) -> str:
+    try:
+        return str(ipaddress.ip_network(str(value), strict=False))
+    except ValueError:
+        raise ValueError("an IP network such as 10.0.0.0/8 or fd00::/8") from None
+
+
+def _listen(value: Any) -> str:
+    text = _string(value)
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("host:port, such as 127.0.0.1:9742 or [::1]:9742")
+    return text
+
+
+def _choice(*choices: str) -> Callable[[Any], str]:
+    def check(value: Any) -> str:
+        if value not in choices:
+            raise ValueError("one of " + ", ".join(choices))
+        return str(value)
+
+    return check
+
+
+class _Reader:
+    """Walks the parsed YAML, checking types and recording which keys were used."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def mapping(self, value: Any, key: str) -> dict[str, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise ConfigError(self.source, key, "a mapping of keys to values", value)
+        return value
+
+    def take(self, section: dict[str, Any], prefix: str, name: str, check: Callable[[Any], Any],
+             default: Any) -> Any:
+        if name not in section:
+            return default
+        key = f"{prefix}.{name}" if prefix else name
+        try:
+            return check(section[name])
+        except ValueError as exc:
+            raise ConfigError(self.source, key, str(exc), section[name]) from None
+
+    def listof(self, section: dict[str, Any], prefix: str, name: str, check: Callable[[Any], Any],
+               default: tuple[Any, ...]) -> tuple[Any, ...]:
+        if name not in section:
+            return default
+        key = f"{prefix}.{name}" if prefix else name
+        items = section[name]
+        if isinstance(items, str):
+            items = [items]
+        if not isinstance(items, list):
+            raise ConfigError(self.source, key, "a list", items)
+        out = []
+        for index, item in enumerate(items):
+            try:
+                out.append(check(item))
+            except ValueError as exc:
+                raise ConfigError(self.source, f"{key}[{index}]", str(exc), item) from None
+        return tuple(out)
+
+    def no_extra(self, section: dict[str, Any], prefix: str, known: set[str]) -> None:
+        for name in section:
+            if name not in known:
+                key = f"{prefix}.{name}" if prefix else str(name)
+                raise ConfigError(
+                    self.source, key, "one of the known keys: " + ", ".join(sorted(known))
+                )
+
+
+def parse_config(data: Any, source: str) -> Config:
+    """Build a `Config` from parsed YAML; raises `ConfigError`."""
+    r = _Reader(source)
+    top = r.mapping(data, "")
+    r.no_extra(top, "", {"capture", "networks", "zones", "policy", "exporter", "evidence",
+                         "privacy", "flows", "geo", "logging"})
+
+    cap = r.mapping(top.get("capture"), "capture")
+    r.no_extra(cap, "capture", {"interface", "pcap", "bpf"})
+    capture = CaptureConfig(
+        interfaces=r.listof(cap, "capture", "interface", _string, ()),
+        pcap=r.take(cap, "capture", "pcap", _path, None),
+        bpf=r.take(cap, "capture", "bpf", _string, ""),
+    )
+
+    nets = r.mapping(top.get("networks"), "networks")
+    r.no_extra(nets, "networks", {"internal"})
+    internal = r.listof(nets, "networks", "internal", _network, DEFAULT_INTERNAL)
+
+    fl = r.mapping(top.get("flows"), "flows")
+    defaults = FlowConfig()
+    r.no_extra(fl, "flows", {"idle_timeout", "active_timeout", "tcp_close_grace", "max_flows"})
+    flows = FlowConfig(
+        idle_timeout=r.take(fl, "flows", "idle_timeout", _positive_number, defaults.idle_timeout),
+        active_timeout=r.take(
+            fl, "flows", "active_timeout", _positive_number, defaults.active_timeout
+        ),
+        tcp_close_grace=r.take(
+            fl, "flows", "tcp_close_grace", _positive_number, defaults.tcp_close_grace
+        ),
+        max_flows=r.take(fl, "flows", "max_flows", _positive_int, defaults.max_flows),
+        internal=internal,
+    )
+
+    zones_raw = top.get("zones") or []
+    if not isinstance(zones_raw, list):
+        raise ConfigError(source, "zones", "a list of zones (name, networks, categories)", zones_raw)
+    zones = []
+    seen: set[str] = set()
+    for index, raw in enumerate(zones_raw):
+        prefix = f"zones[{index}]"
+        z = r.mapping(raw, prefix)
+        r.no_extra(z, prefix, {"name", "networks", "categories"})
+        name = r.take(z, prefix, "name", _string, None)
+        if not name:
+            raise ConfigError(source, f"{prefix}.name", "a zone name")
+        if name in seen:
+            raise ConfigError(source, f"{prefix}.name", "a name no other zone has", name)
+        seen.add(name)
+        networks = r.listof(z, prefix, "networks", _network, ())
+        if not networks:
+            raise ConfigError(source, f"{prefix}.networks", "at least one network")
+        categories = r.listof(z, prefix, "categories", _choice(*DATA_CATEGORY_NAMES), ())
+        zones.append(ZoneConfig(name, networks, categories))
+
+    exp = r.mapping(top.get("exporter"), "exporter")
+    r.no_extra(exp, "exporter", {"listen"})
+    ev = r.mapping(top.get("evidence"), "evidence")
+    r.no_extra(ev, "evidence", {"path"})
+    priv = r.mapping(top.get("privacy"), "privacy")
+    r.no_extra(priv, "privacy", {"pseudonymise_internal_addresses"})
+    g = r.mapping(top.get("geo"), "geo")
+    r.no_extra(g, "geo", {"country_db", "asn_db", "as_names", "cache_size"})
+    lg = r.mapping(top.get("logging"), "logging")
+    r.no_extra(lg, "logging", {"level", "format"})
+
+    return Config(
+        source=source,
+        capture=capture,
+        flows=flows,
+        zones=tuple(zones),
+        policy=r.take(top, "", "policy", _path, None),
+        exporter_listen=r.take(exp, "exporter", "listen", _listen, "127.0.0.1:9742"),
+        evidence_path=r.take(ev, "evidence", "path", _path, None),
+        pseudonymise_internal_addresses=r.take(
+            priv, "privacy", "pseudonymise_internal_addresses", _boolean, True
+        ),
+        geo=GeoFiles(
+            country_db=r.take(g, "geo", "country_db", _path, None),
+            asn_db=r.take(g, "geo", "asn_db", _path, None),
+            as_names=r.take(g, "geo", "as_names", _path, None),
+            cache_size=r.take(g, "geo", "cache_size", _positive_int, 65536),
+        ),
+        log_level=r.take(lg, "logging", "level", _choice("debug", "info", "warning", "error"),
+                         "info"),
+        log_format=r.take(lg, "logging", "format", _choice("auto", "json", "console"), "auto"),
+    )
+
+
+def load_config(path: str | Path | None) -> Config:
+    """Read and validate a configuration file; None gives the built-in defaults."""
+    if path is None:
+        return Config()
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(source, "", "an existing configuration file (not found)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(source, "", f"a readable UTF-8 file ({exc.__class__.__name__})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ConfigError(source, "", f"valid YAML{where}") from None
+    return parse_config(data, source)

@@ -1,0 +1,168 @@
+"""From an ended (or long-running) flow to its declaration: the flow record, metrics and sinks.
+
+Enrichment and policy are an ordered list of stages (STYLE.md): plain callables that take the record
+and return it, or None to drop it. They run once per flow report, never per packet.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import structlog
+from douane.daemon.flows import Flow
+from douane.daemon.metrics import (
+    DATA_CATEGORIES,
+    JURISDICTIONS,
+    LOCATION_ZONES,
+    UNKNOWN,
+    Metrics,
+    bounded,
+    country_label,
+)
+
+Record = dict[str, Any]
+Stage = Callable[[Record], Record | None]
+Sink = Callable[[Record], None]
+
+PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 47: "gre", 50: "esp", 58: "icmpv6", 132: "sctp"}
+PORTED = frozenset({6, 17, 132, 136})
+
+log = structlog.get_logger("douane.pipeline")
+
+
+class GeoLookup(Protocol):
+    def lookup(self, address: str) -> Any: ...
+
+
+def iso_time(ts: float) -> str:
+    """UTC with milliseconds and a Z, as in DESIGN.md's flow record."""
+    moment = datetime.fromtimestamp(ts, UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def address_text(raw: bytes) -> str:
+    return socket.inet_ntop(socket.AF_INET if len(raw) == 4 else socket.AF_INET6, raw)
+
+
+def flow_record(flow: Flow) -> Record:
+    """The DESIGN.md flow record; fields later stages fill start as null, `unknown` or empty."""
+    ported = flow.proto in PORTED
+    return {
+        "start": iso_time(flow.first),
+        "end": iso_time(flow.last),
+        "proto": PROTO_NAMES.get(flow.proto, str(flow.proto)),
+        "src": address_text(flow.src),
+        "sport": flow.sport if ported else None,
+        "dst": address_text(flow.dst),
+        "dport": flow.dport if ported else None,
+        "vlan": flow.vlan or None,
+        "direction": flow.direction,
+        "packets_out": flow.packets_out,
+        "bytes_out": flow.bytes_out,
+        "packets_in": flow.packets_in,
+        "bytes_in": flow.bytes_in,
+        "hostname": None,
+        "hostname_source": None,
+        "service": None,
+        "asn": None,
+        "as_name": None,
+        "location_country": None,
+        "location_zone": UNKNOWN,
+        "provider": None,
+        "controller_country": None,
+        "controller_zone": UNKNOWN,
+        "exposure": [],
+        "jurisdiction": UNKNOWN,
+        "data_categories": {},
+        "verdict": None,
+        "rule": None,
+    }
+
+
+def remote_address(record: Record) -> str:
+    """The endpoint outside: the destination, except for flows opened from outside."""
+    return str(record["src"] if record["direction"] == "inbound" else record["dst"])
+
+
+def geo_stage(geo: GeoLookup) -> Stage:
+    """Fills asn, as_name, location_country and location_zone from the remote address."""
+
+    def stage(record: Record) -> Record:
+        if record["direction"] == "internal":
+            return record
+        answer = geo.lookup(remote_address(record))
+        record["asn"] = answer.asn
+        record["as_name"] = answer.as_name
+        record["location_country"] = answer.location_country
+        record["location_zone"] = answer.location_zone
+        return record
+
+    return stage
+
+
+class Pipeline:
+    """Declares flows: builds the record, runs the stages, moves the metrics, calls the sinks."""
+
+    def __init__(self, stages: list[Stage], metrics: Metrics, sinks: list[Sink]) -> None:
+        self.stages = stages
+        self.metrics = metrics
+        self.sinks = sinks
+        self.sink_errors = 0
+
+    def declare(self, flow: Flow) -> Record | None:
+        record: Record | None = flow_record(flow)
+        for stage in self.stages:
+            if record is None:
+                return None
+            record = stage(record)
+        return record
+
+    def on_update(self, flow: Flow) -> None:
+        """A long flow's periodic report: metrics move by what it sent since the last report."""
+        record = self.declare(flow)
+        if record is not None:
+            self._count(flow, record)
+
+    def on_close(self, flow: Flow) -> None:
+        record = self.declare(flow)
+        if record is None:
+            return
+        self._count(flow, record)
+        for sink in self.sinks:
+            try:
+                sink(record)
+            except Exception:
+                self.sink_errors += 1
+                if self.sink_errors <= 10 or self.sink_errors % 1000 == 0:
+                    log.exception("sink failed", sink=getattr(sink, "__name__", repr(sink)))
+
+    def _count(self, flow: Flow, record: Record) -> None:
+        now = (flow.packets_out, flow.bytes_out, flow.packets_in, flow.bytes_in)
+        before = flow.reported
+        flow.reported = now
+        direction = flow.direction
+        if direction == "outbound":
+            sent, sent_before = now[1], before[1]
+        elif direction == "inbound":
+            sent, sent_before = now[3], before[3]
+        else:
+            return
+        delta = sent - sent_before
+        if delta <= 0:
+            return
+        labels = (
+            bounded(record["jurisdiction"], JURISDICTIONS),
+            bounded(record["location_zone"], LOCATION_ZONES),
+            country_label(record["location_country"]),
+            record["provider"] or UNKNOWN,
+        )
+        m = self.metrics
+        for name in record["data_categories"] or (UNKNOWN,):
+            category = bounded(name, DATA_CATEGORIES)
+            m.egress_bytes.labels(category, *labels).inc(delta)
+            if sent_before == 0:
+                m.egress_flows.labels(category, *labels).inc()
+        m.top.add(flow.last, record["asn"], record["as_name"], delta)
