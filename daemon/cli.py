@@ -208,41 +208,40 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_lookup(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    configure_logging(config.log_level, config.log_format)
+    # Start-up chatter would drown the answers; warnings (a missing database) still show.
+    configure_logging("warning", config.log_format)
     geo = GeoDatabases(geo_config(config))
     geo.start()
-    sources = {db.name: db for db in geo.databases()}
-    answers = []
+    databases = {
+        db.name: {
+            "path": db.path,
+            "built": db.build_time.date().isoformat() if db.build_time else None,
+            "error": db.error,
+        }
+        for db in geo.databases()
+    }
     for address in args.addresses:
         answer = geo.lookup(address)
-        answers.append({
+        entry = {
             "address": address,
             "asn": answer.asn,
             "as_name": answer.as_name,
             "location_country": answer.location_country,
             "location_zone": answer.location_zone,
-            "databases": {
-                name: {
-                    "path": db.path,
-                    "built": db.build_time.date().isoformat() if db.build_time else None,
-                    "error": db.error,
-                }
-                for name, db in sources.items()
-            },
-        })
-    if args.json:
-        for entry in answers:
-            print(json.dumps(entry, ensure_ascii=False))
-        return EXIT_OK
-    for entry in answers:
-        asn = f"AS{entry['asn']}" if entry["asn"] is not None else "unknown"
-        print(f"{entry['address']}")
-        print(f"  asn:       {asn} {entry['as_name'] or ''}".rstrip())
-        print(f"  country:   {entry['location_country'] or 'unknown'}")
-        print(f"  zone:      {entry['location_zone']}")
-        for name, db in entry["databases"].items():
+        }
+        if args.json:
+            print(json.dumps({**entry, "databases": databases}, ensure_ascii=False))
+            continue
+        asn = f"AS{answer.asn} {answer.as_name or ''}".rstrip() if answer.asn else "unknown"
+        print(address)
+        print(f"  asn:      {asn}")
+        print(f"  country:  {answer.location_country or 'unknown'}")
+        print(f"  zone:     {answer.location_zone}")
+    if not args.json:
+        print("answered by:")
+        for name, db in databases.items():
             state = f"error: {db['error']}" if db["error"] else f"built {db['built'] or '?'}"
-            print(f"  {name + ' db:':<10} {db['path']} ({state})")
+            print(f"  {name}: {db['path']} ({state})")
     return EXIT_OK
 
 
@@ -264,6 +263,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_version(args: argparse.Namespace) -> int:
+    configure_logging("warning")
     geo = GeoDatabases(GeoConfig())
     geo.start()
     print(f"douane {__version__}")

@@ -133,7 +133,7 @@ class FlowTable:
         self._on_update = on_update
         self._flows: dict[tuple[object, ...], Flow] = {}
         self._internal = InternalNetworks(config.internal)
-        self._fragments: dict[tuple[bytes, ...], int] = {}
+        self._fragments: dict[tuple[object, ...], int] = {}
         # Deadline queues, appended in (nearly) time order so the due entries sit at the left end.
         # A re-queued idle entry may land behind later deadlines: that only delays a close by less
         # than one idle timeout (the record keeps its true last-packet time), never miscounts.
