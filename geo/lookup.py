@@ -1,0 +1,288 @@
+"""Where an address goes: ASN, AS name, country and location zone, once per address."""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from ipaddress import IPv4Address, IPv6Address
+from pathlib import Path
+from typing import Any
+
+import structlog
+from douane.geo import embedded
+from douane.geo.asn import AsnDatabase, load_as_names
+from douane.geo.country import CountryDatabase
+from douane.geo.files import DatabaseError
+from douane.geo.zones import UNKNOWN, Zone, Zones, ZonesError, default_zones
+
+ATTRIBUTION = embedded.ATTRIBUTION
+
+
+@dataclass(frozen=True, slots=True)
+class GeoConfig:
+    """Where the geo databases are. None means the database embedded in the package.
+
+    Attributes:
+        country_db: a MaxMind DB file (plain, .gz or .xz) whose records hold either
+            ``country.iso_code`` (MaxMind, DB-IP) or ``country_code`` (ip-location-db).
+        asn_db: a pyasn IPASN file (``prefix/len<TAB>asn`` lines; plain, .gz or .xz).
+        as_names: a pyasn AS-names JSON object (plain, .gz or .xz). None uses the embedded names,
+            also with a custom `asn_db`: an AS keeps its name whichever table located it.
+        cache_size: how many addresses keep their answer (least recently used evicted first);
+            0 disables the cache.
+    """
+
+    country_db: Path | None = None
+    asn_db: Path | None = None
+    as_names: Path | None = None
+    cache_size: int = 65536
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.cache_size, int) or self.cache_size < 0:
+            raise ValueError(f"cache_size: expected an integer >= 0, got {self.cache_size!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class GeoAnswer:
+    """What the databases say about one address; None/`unknown` where they have no answer."""
+
+    asn: int | None
+    as_name: str | None
+    location_country: str | None
+    location_zone: Zone
+
+
+UNKNOWN_ANSWER = GeoAnswer(asn=None, as_name=None, location_country=None, location_zone=UNKNOWN)
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseInfo:
+    """One database file as loaded: for `douane version`, `douane lookup` and the build metric.
+
+    Attributes:
+        name: "country", "asn" or "as_names".
+        path: the file read (the embedded file's path when not configured).
+        source: where the data comes from (package and version, or the file's own description).
+        licence, attribution: for the embedded data; empty for a user's file (douane cannot know).
+        build_time: when the data was built; None if the file does not say or was not loaded.
+        error: why the file is not in use, None when it is.
+        lookup_errors: look-ups that failed on corrupt data inside an opened file.
+    """
+
+    name: str
+    path: str
+    source: str
+    licence: str
+    attribution: str
+    build_time: datetime | None
+    error: str | None
+    lookup_errors: int = 0
+
+
+class GeoDatabases:
+    """The country, ASN and AS-names databases, with a bounded per-address answer cache.
+
+    Built with no I/O; `start()` loads the files and never raises: a missing or corrupt file is
+    logged, recorded (see `problems()`), and its fields answer None/`unknown`.
+    """
+
+    def __init__(self, config: GeoConfig, logger: Any = None) -> None:
+        self.config = config
+        self._log = logger if logger is not None else structlog.get_logger("douane.geo")
+        self._country: CountryDatabase | None = None
+        self._asn: AsnDatabase | None = None
+        self._names: dict[int, str] = {}
+        self._zones: Zones | None = None
+        self._zones_error: str | None = None
+        self._infos: dict[str, DatabaseInfo] = {}
+        self._lookup_errors = {"country": 0, "asn": 0}
+        self.start_seconds: float | None = None
+        # A cache per instance (not a decorated method, which would share one cache across
+        # instances and keep them alive); built in C, ~0.1 µs per hit.
+        self._cached = functools.lru_cache(maxsize=config.cache_size)(self._answer)
+
+    # -- life cycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Open the databases; a file that cannot be used is logged and recorded, never raised."""
+        began = time.perf_counter()
+        built = embedded.provenance()
+        self._country, self._infos["country"] = self._open(
+            "country", self.config.country_db, embedded.COUNTRY_FILE, built, CountryDatabase.open
+        )
+        self._asn, self._infos["asn"] = self._open(
+            "asn", self.config.asn_db, embedded.ASN_FILE, built, AsnDatabase.open
+        )
+        names, self._infos["as_names"] = self._open(
+            "as_names", self.config.as_names, embedded.AS_NAMES_FILE, built, load_as_names
+        )
+        self._names = names or {}
+        try:
+            self._zones, self._zones_error = default_zones(), None
+        except ZonesError as failure:  # a packaging error, but still not a reason to stop
+            self._zones, self._zones_error = None, str(failure)
+            self._log.warning("geo_zones_unavailable", error=self._zones_error)
+        self._cached.cache_clear()
+        self.start_seconds = time.perf_counter() - began
+        self._log.info(
+            "geo_databases_started",
+            seconds=round(self.start_seconds, 3),
+            problems=len(self.problems()),
+        )
+
+    def stop(self) -> None:
+        """Release the databases; later look-ups answer unknown."""
+        if self._country is not None:
+            self._country.close()
+        self._country, self._asn, self._names = None, None, {}
+        self._cached.cache_clear()
+
+    def _open(
+        self,
+        name: str,
+        configured: Path | None,
+        default: Path,
+        built: dict[str, embedded.Provenance],
+        opener: Any,
+    ) -> tuple[Any, DatabaseInfo]:
+        path = configured if configured is not None else default
+        ours = built.get(default.name) if configured is None else None
+        try:
+            handle = opener(path)
+            error = None
+        except DatabaseError as failure:
+            handle, error = None, str(failure)
+        # Last resort: a third-party parser on an untrusted file must not stop the daemon.
+        except Exception as failure:  # noqa: BLE001
+            handle, error = None, f"cannot load it ({type(failure).__name__}: {failure})"[:300]
+        if error is not None:
+            self._log.warning("geo_database_unavailable", database=name, path=str(path), error=error)
+        build_time = ours.build_time if ours else getattr(handle, "build_time", None)
+        source = ours.source if ours else getattr(handle, "source", "user file")
+        info = DatabaseInfo(
+            name=name,
+            path=str(path),
+            source=source,
+            licence=ours.licence if ours else "",
+            attribution=ours.attribution if ours else "",
+            build_time=build_time if error is None else None,
+            error=error,
+        )
+        return handle, info
+
+    # -- queries ------------------------------------------------------------------------------
+
+    def lookup(self, address: str) -> GeoAnswer:
+        """Return the answer for an address text; invalid text gives the all-unknown answer.
+
+        Whatever `ipaddress.ip_address` accepts works (packed 4/16-byte addresses too); any other
+        value gives the all-unknown answer. Cached per distinct `address` (bounded LRU). Never
+        raises.
+        """
+        try:
+            return self._cached(address)
+        except TypeError:  # unhashable argument: the cache cannot even key it
+            return UNKNOWN_ANSWER
+
+    def _answer(self, address: str) -> GeoAnswer:
+        try:
+            parsed = ipaddress.ip_address(address)
+        except (ValueError, TypeError):
+            return UNKNOWN_ANSWER
+        if isinstance(parsed, IPv6Address):
+            mapped = parsed.ipv4_mapped
+            # ::ffff:a.b.c.d is an IPv4 peer on a dual-stack socket; the scope id (fe80::1%eth0)
+            # is local information that neither database knows.
+            parsed = mapped if mapped is not None else IPv6Address(int(parsed))
+        if not parsed.is_global or parsed.is_multicast:
+            # RFC 1918, loopback, link-local, ULA, CGNAT, documentation...: no AS, no country,
+            # and asking a database would only risk a wrong answer from a stray entry.
+            return UNKNOWN_ANSWER
+        return self._query(parsed)
+
+    def _query(self, address: IPv4Address | IPv6Address) -> GeoAnswer:
+        country = asn = None
+        if self._country is not None:
+            try:
+                country = self._country.lookup(address)
+            except Exception as failure:  # noqa: BLE001 - corrupt data section; counted, not fatal
+                self._lookup_failed("country", failure)
+        if self._asn is not None:
+            try:
+                asn = self._asn.lookup(address)
+            except Exception as failure:  # noqa: BLE001 - same containment for the ASN radix
+                self._lookup_failed("asn", failure)
+        return GeoAnswer(
+            asn=asn,
+            as_name=self._names.get(asn) if asn is not None else None,
+            location_country=country,
+            location_zone=self._zones.zone(country) if self._zones is not None else UNKNOWN,
+        )
+
+    def _lookup_failed(self, name: str, failure: Exception) -> None:
+        self._lookup_errors[name] += 1
+        # Logged on the first failure and then every 1000th, so a corrupt file cannot flood logs.
+        if self._lookup_errors[name] % 1000 == 1:
+            self._log.warning(
+                "geo_lookup_failed",
+                database=name,
+                error=f"{type(failure).__name__}: {failure}"[:200],
+                failures=self._lookup_errors[name],
+            )
+
+    def cache_info(self) -> functools._CacheInfo:
+        """Hits, misses, maximum and current size of the answer cache."""
+        return self._cached.cache_info()
+
+    def databases(self) -> list[DatabaseInfo]:
+        """Each database as loaded by the last `start()` (empty before it)."""
+        return [
+            DatabaseInfo(
+                name=info.name,
+                path=info.path,
+                source=info.source,
+                licence=info.licence,
+                attribution=info.attribution,
+                build_time=info.build_time,
+                error=info.error,
+                lookup_errors=self._lookup_errors.get(info.name, 0),
+            )
+            for info in self._infos.values()
+        ]
+
+    def problems(self) -> list[str]:
+        """One message per unusable file, naming the database, the file and what is wrong."""
+        found = [
+            f"{info.name.replace('_', '-')} database {info.path}: {info.error}"
+            for info in self._infos.values()
+            if info.error is not None
+        ]
+        if self._zones_error is not None:
+            found.append(f"zones table: {self._zones_error}")
+        return found
+
+
+def check_database_files(config: GeoConfig, logger: Any = None) -> list[str]:
+    """Load the configured databases once and return their problems (for `douane check`).
+
+    Costs one full load (about half a second with the embedded data).
+    """
+    databases = GeoDatabases(config, logger=logger if logger is not None else _SILENT)
+    databases.start()
+    try:
+        return databases.problems()
+    finally:
+        databases.stop()
+
+
+class _Silent:
+    """A logger that drops everything: `check` reports problems itself, once."""
+
+    def __getattr__(self, _name: str) -> Any:
+        return lambda *args, **kwargs: None
+
+
+_SILENT = _Silent()
