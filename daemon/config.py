@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from douane.daemon.flows import DEFAULT_INTERNAL, FlowConfig
 
 DATA_CATEGORY_NAMES = ("health", "school", "personal")
@@ -114,7 +115,7 @@ def _network(value: Any) -> str:
 
 
 def _listen(value: Any) -> str:
-    text = _string(value)
+    text = value if isinstance(value, str) else ""
     host, sep, port = text.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError("host:port, such as 127.0.0.1:9742 or [::1]:9742")

@@ -1,0 +1,161 @@
+"""The `douane` command line, run as a user runs it: a subprocess, its output and exit status."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from douane.daemon.cli import demo_capture
+
+DOUANE = [sys.executable, "-m", "douane.daemon.cli"]
+
+# DESIGN.md's flow record, in its order, plus `vlan` (README: flows are keyed by VLAN too).
+RECORD_FIELDS = [
+    "start", "end", "proto", "src", "sport", "dst", "dport", "vlan", "direction",
+    "packets_out", "bytes_out", "packets_in", "bytes_in",
+    "hostname", "hostname_source", "service", "asn", "as_name",
+    "location_country", "location_zone", "provider", "controller_country", "controller_zone",
+    "exposure", "jurisdiction", "data_categories", "verdict", "rule",
+]
+
+
+def douane(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*DOUANE, *args], capture_output=True, text=True, check=False, timeout=120)
+
+
+class TestDemo:
+    def test_prints_destinations(self) -> None:
+        """`douane demo` prints a table of destinations with ASNs, AS names and countries."""
+        result = douane("demo")
+        assert result.returncode == 0, result.stderr
+        lines = result.stdout.splitlines()
+        assert "207 packets, 8 flows (1 inbound, 7 outbound)" in lines[0]
+        table = "\n".join(lines)
+        for asn, country in (("AS8075", "FR"), ("AS15169", "US"), ("AS16276", "FR"), ("AS24940", "DE")):
+            row = next(line for line in lines if f" {asn} " in line)
+            assert f" {country} " in row
+        assert "Microsoft" in table
+
+    def test_demo_capture_is_reproducible(self, tmp_path: Path) -> None:
+        """The committed demo capture is exactly what its script makes."""
+        out = tmp_path / "demo.pcap"
+        made = subprocess.run([sys.executable, "-m", "douane.daemon.demo_capture", str(out)],
+                              check=False, capture_output=True, text=True)
+        assert made.returncode == 0, made.stderr
+        assert out.read_bytes() == demo_capture().read_bytes()
+
+
+@pytest.fixture(scope="module")
+def records() -> list[dict[str, object]]:
+    result = douane("replay", str(demo_capture()), "--json")
+    assert result.returncode == 0, result.stderr
+    return [json.loads(line) for line in result.stdout.splitlines()]
+
+
+class TestReplayJson:
+    def test_fields_are_design_record(self, records: list[dict[str, object]]) -> None:
+        """Each line is one flow record with exactly DESIGN.md's fields, in order, plus vlan."""
+        assert len(records) == 8
+        for record in records:
+            assert list(record) == RECORD_FIELDS
+
+    def test_azure_flow(self, records: list[dict[str, object]]) -> None:
+        """The PACS upload to Azure France Central is outbound, AS8075, FR, eea, with exact counts."""
+        flow = next(r for r in records if r["dport"] == 443 and r["dst"] == "20.199.120.7")
+        assert flow["src"] == "10.20.0.15" and flow["sport"] == 50123
+        assert flow["direction"] == "outbound"
+        assert (flow["asn"], flow["location_country"], flow["location_zone"]) == (8075, "FR", "eea")
+        assert flow["start"] == "2026-11-28T10:00:01.000Z"
+        # 3 handshake, hello, 43 segments of upload (60,000 / 1,400 rounded up), FIN, last ACK.
+        assert flow["packets_out"] == 3 - 1 + 1 + 43 + 2
+        assert flow["jurisdiction"] == "unknown" and flow["exposure"] == []
+        assert flow["data_categories"] == {}
+
+    def test_inbound_and_vlan(self, records: list[dict[str, object]]) -> None:
+        """A visitor's connection is inbound from its opener; VLAN-tagged flows carry their tag."""
+        inbound = next(r for r in records if r["direction"] == "inbound")
+        assert inbound["src"] == "203.0.113.50" and inbound["dst"] == "10.10.0.5"
+        assert inbound["asn"] is None and inbound["location_zone"] == "unknown"
+        tagged = [r for r in records if r["vlan"] == 30]
+        assert {r["dst"] for r in tagged} == {"142.250.179.110", "51.178.64.10"}
+
+    def test_ipv6_flow(self, records: list[dict[str, object]]) -> None:
+        """The IPv6 flow to Hetzner is found with RFC 5952 addresses."""
+        flow = next(r for r in records if r["dst"] == "2a01:4f8::1")
+        assert flow["src"] == "fd00:30::23"
+        assert (flow["asn"], flow["location_country"]) == (24940, "DE")
+
+
+class TestLookup:
+    def test_stable_facts(self) -> None:
+        """lookup answers ASN, AS name, country and zone, and names the databases that answered."""
+        result = douane("lookup", "8.8.8.8", "51.178.0.1")
+        assert result.returncode == 0, result.stderr
+        assert "AS15169 Google LLC" in result.stdout
+        assert "AS16276" in result.stdout
+        assert "country.mmdb.xz (built 20" in result.stdout
+
+    def test_json(self) -> None:
+        """lookup --json gives one object per address, IPv4-mapped addresses answered as IPv4."""
+        result = douane("lookup", "--json", "::ffff:8.8.8.8", "10.1.2.3", "not-an-address")
+        assert result.returncode == 0, result.stderr
+        answers = [json.loads(line) for line in result.stdout.splitlines()]
+        assert answers[0]["asn"] == 15169 and answers[0]["location_country"] == "US"
+        assert answers[0]["location_zone"] == "third"
+        assert answers[1]["asn"] is None and answers[2]["asn"] is None
+        assert answers[0]["databases"]["country"]["built"].startswith("20")
+
+
+class TestCheck:
+    def test_defaults_pass(self) -> None:
+        """check with the embedded databases and no file exits 0."""
+        result = douane("check")
+        assert result.returncode == 0, result.stderr
+        assert "configuration valid" in result.stdout
+
+    def test_missing_database_fails(self, tmp_path: Path) -> None:
+        """A configured database that does not exist makes check exit 1, naming the file."""
+        config = tmp_path / "douane.yaml"
+        missing = tmp_path / "nowhere.mmdb"
+        config.write_text(f"geo:\n  country_db: {missing}\n")
+        result = douane("check", "--config", str(config))
+        assert result.returncode == 1
+        assert str(missing) in result.stderr
+        assert "Traceback" not in result.stderr
+
+    def test_bad_config_fails(self, tmp_path: Path) -> None:
+        """A bad configuration makes every command exit 2 with file, key and expectation."""
+        config = tmp_path / "douane.yaml"
+        config.write_text("flows:\n  idle_timeout: soon\n")
+        for args in (("check", "-c", str(config)), ("replay", str(demo_capture()), "-c", str(config))):
+            result = douane(*args)
+            assert result.returncode == 2
+            assert f"{config}: key 'flows.idle_timeout': expected a positive number" in result.stderr
+
+
+class TestVersionAndErrors:
+    def test_version(self) -> None:
+        """version prints the version, each database's build date and the CC BY attribution."""
+        result = douane("version")
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith("douane ")
+        assert "DB-IP" in result.stdout and "RouteViews" in result.stdout
+        assert "CC BY 4.0" in result.stdout or "Creative Commons" in result.stdout
+        assert result.stdout.count("built 20") >= 2
+
+    def test_missing_capture(self, tmp_path: Path) -> None:
+        """Replaying a file that does not exist exits 2 with a one-line message."""
+        result = douane("replay", str(tmp_path / "nope.pcap"))
+        assert result.returncode == 2
+        assert "nope.pcap" in result.stderr and "Traceback" not in result.stderr
+
+    def test_help_on_each_command(self) -> None:
+        """Every subcommand answers --help."""
+        for command in ("replay", "demo", "lookup", "check", "version"):
+            result = douane(command, "--help")
+            assert result.returncode == 0
+            assert "usage: douane" in result.stdout
