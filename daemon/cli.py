@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import structlog
+from prometheus_client import CollectorRegistry, generate_latest, start_http_server
+
 from douane.daemon import __version__
 from douane.daemon.config import Config, ConfigError, load_config
 from douane.daemon.flows import FlowTable
@@ -24,7 +26,6 @@ from douane.daemon.pcapfile import CaptureFile, CaptureFormatError, open_capture
 from douane.daemon.pipeline import Pipeline, Record, geo_stage
 from douane.daemon.summary import Summary
 from douane.geo.lookup import ATTRIBUTION, GeoConfig, GeoDatabases
-from prometheus_client import CollectorRegistry, generate_latest, start_http_server
 
 EXIT_OK = 0
 EXIT_PROBLEM = 1  # the command ran and found something wrong (check, unreadable part of a capture)

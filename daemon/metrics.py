@@ -12,10 +12,11 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
-from douane.daemon import __version__
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from douane.daemon import __version__
 
 UNKNOWN = "unknown"
 DATA_CATEGORIES = ("health", "school", "personal", UNKNOWN)

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import structlog
+
 from douane.daemon.flows import Flow
 from douane.daemon.metrics import (
     DATA_CATEGORIES,

@@ -9,6 +9,7 @@ from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 
 import pyasn
+
 from douane.geo.files import DatabaseError, read_database
 
 # 32-bit AS numbers (RFC 6793). pyasn stores whatever the file says, modulo 2**32.

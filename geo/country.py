@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import maxminddb
+
 from douane.geo.files import DatabaseError, read_database
 
 # ISO 3166-1 alpha-2 codes only. "EU" and "AP" are continent placeholders in old MaxMind data and

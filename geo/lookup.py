@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+
 from douane.geo import embedded
 from douane.geo.asn import AsnDatabase, load_as_names
 from douane.geo.country import CountryDatabase

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from douane.geo import GeoConfig, GeoDatabases
 
 METADATA_MARKER = b"\xab\xcd\xefMaxMind.com"

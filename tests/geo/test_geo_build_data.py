@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pyasn
 import pytest
+
 from douane.geo import build_data, embedded
 
 MAX_COMMITTED_BYTES = 5 * 1024 * 1024

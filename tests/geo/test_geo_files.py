@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
+
 from douane.geo.files import DatabaseError, read_database
 
 CONTENT = b"8.8.8.0/24\t15169\n" * 100

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import structlog
+
 from douane.geo import (
     ATTRIBUTION,
     UNKNOWN_ANSWER,

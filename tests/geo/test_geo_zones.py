@@ -6,6 +6,7 @@ import datetime as dt
 from pathlib import Path
 
 import pytest
+
 from douane.geo.zones import DEFAULT_ZONES_FILE, ZONES, ZonesError, load_zones, location_zone
 
 
