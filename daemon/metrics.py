@@ -32,7 +32,7 @@ _COUNTRY = re.compile(r"[A-Z]{2}")
 
 def bounded(value: str | None, allowed: Iterable[str]) -> str:
     """A label value from a closed set; anything else is `unknown`, so cardinality stays bounded."""
-    return value if value in allowed else UNKNOWN
+    return value if value is not None and value in allowed else UNKNOWN
 
 
 def country_label(code: str | None) -> str:
