@@ -185,7 +185,9 @@ def dissect(
             raise _truncated("ip after mpls")
         etype = ETHERTYPE_IPV4 if data[off] >> 4 == 4 else ETHERTYPE_IPV6
 
-    avail = wirelen - off  # bytes of the IP packet as it was on the wire (may include padding)
+    # Bytes of the IP packet as it was on the wire (may include padding). A record whose wire length
+    # is below its captured length is corrupt: trust the bytes we hold, so no size can go negative.
+    avail = (wirelen if wirelen > n else n) - off
     if etype == ETHERTYPE_IPV4:
         if n < off + 20:
             raise _truncated("ipv4 header")
@@ -274,10 +276,10 @@ def dissect(
                 raise _truncated("transport ports")
             sport, dport = PORTS.unpack_from(data, l4)
             pay = l4 + 8 if proto == PROTO_UDP else l4
-        if pay > end:
-            pay = end
         if frag_id is not None:
             if len(fragments) >= MAX_FRAGMENTS:
                 del fragments[next(iter(fragments))]
             fragments[frag_id] = (sport << 16) | dport
+    if pay > end:
+        pay = end  # also when IPv6 extension headers reach past the captured bytes
     return (vlan, proto, src, dst, sport, dport, ip_bytes, flags, pay, end)
