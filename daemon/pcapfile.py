@@ -72,39 +72,35 @@ class CaptureFile:
         _vmaj, _vmin, _zone, _sigfigs, _snaplen, linktype = struct.unpack(order + "HHiIII", rest)
         # The upper 16 bits may carry FCS information (pcap-linktype(7)); the link type is the rest.
         linktype &= 0xFFFF
-        record = struct.Struct(order + "IIII")
-        unpack = record.unpack_from
+        unpack = struct.Struct(order + "IIII").unpack_from
         buf = b""
-        off = 0
-        consumed = 24
+        off = size = 0
+        base = 24  # file offset of buf[0]
         while True:
-            if len(buf) - off < 16:
-                more = fh.read(CHUNK)
-                if not more:
-                    if len(buf) - off:
-                        self.truncated = True
-                    break
-                buf = buf[off:] + more
-                off = 0
-                continue
-            sec, frac, caplen, wirelen = unpack(buf, off)
-            if caplen > MAX_RECORD:
-                raise CaptureFormatError(
-                    f"{self.path}: record at offset {consumed} claims {caplen} bytes"
-                )
-            end = off + 16 + caplen
-            if end > len(buf):
-                more = fh.read(max(CHUNK, caplen + 16))
-                if not more:
+            more = fh.read(CHUNK)
+            if not more:
+                if off < size:
                     self.truncated = True
+                break
+            # Keep the unread tail (at most one partial record) in front of the new chunk.
+            base += off
+            buf = buf[off:] + more if off < size else more
+            size = len(buf)
+            off = 0
+            self.bytes_read = base
+            # The per-packet loop: one unpack, two comparisons, one slice.
+            while off + 16 <= size:
+                sec, frac, caplen, wirelen = unpack(buf, off)
+                end = off + 16 + caplen
+                if end > size:
+                    if caplen > MAX_RECORD:
+                        raise CaptureFormatError(
+                            f"{self.path}: record at offset {base + off} claims {caplen} bytes"
+                        )
                     break
-                buf = buf[off:] + more
-                off = 0
-                continue
-            consumed += 16 + caplen
-            self.bytes_read = consumed
-            yield sec + frac * resolution, linktype, buf[off + 16 : end], wirelen
-            off = end
+                yield sec + frac * resolution, linktype, buf[off + 16 : end], wirelen
+                off = end
+        self.bytes_read = base + off
 
     def _pcapng(self, fh: BinaryIO, first: bytes) -> Iterator[Frame]:
         order = "<"
