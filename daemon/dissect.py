@@ -45,8 +45,7 @@ IPV4_HEADER = struct.Struct("!BxHHHxB2x4s4s")  # version/ihl, total length, id, 
 IPV6_HEADER = struct.Struct("!B3xHB1x16s16s")  # version, payload length, next header, src, dst
 TCP_HEADER = struct.Struct("!HH8xBB")  # ports, data offset, flags
 PORTS = struct.Struct("!HH")
-# Ethernet type and IPv4 header in one call, for the fast path.
-ETH_IPV4 = struct.Struct("!12xHBxHHHxB2x4s4s")
+ETH_TAG = struct.Struct("!HH")  # Ethernet type, and the 802.1Q tag control if the type says so
 
 # Remembered first fragments (for ports of the later ones); bounded so fragments cannot grow memory.
 MAX_FRAGMENTS = 4096
@@ -94,26 +93,47 @@ def dissect(
         MalformedPacket: headers cut short ("truncated") or impossible ("malformed").
     """
     n = len(data)
-    if linktype == LINKTYPE_ETHERNET and n >= 54:
-        # Fast path for most of a gateway's traffic: untagged Ethernet, IPv4 without options and not
-        # fragmented, TCP or UDP. It checks exactly what the general path checks; anything else
-        # (including any doubt) falls through to the general path below.
-        etype, b0, total, _ident, frag, proto, src, dst = ETH_IPV4.unpack_from(data, 0)
-        if etype == ETHERTYPE_IPV4 and b0 == 0x45 and not frag & 0x3FFF and 20 <= total <= wirelen - 14:
-            end = 14 + total
+    if linktype == LINKTYPE_ETHERNET and n >= 42:
+        # Fast path for most of a gateway's traffic: Ethernet with at most one 802.1Q tag, IPv4
+        # without options and not fragmented or IPv6 without extension headers, then TCP or UDP.
+        # It checks what the general path checks; anything else, or any doubt, falls through.
+        etype, tci = ETH_TAG.unpack_from(data, 12)
+        if etype == 0x8100:
+            vlan = tci & 0x0FFF
+            etype = (data[16] << 8) | data[17]
+            off = 18
+        else:
+            vlan = 0
+            off = 14
+        ip_bytes = 0
+        if etype == ETHERTYPE_IPV4 and n >= off + 28:
+            b0, total, _ident, frag, proto, src, dst = IPV4_HEADER.unpack_from(data, off)
+            if b0 == 0x45 and not frag & 0x3FFF and 20 <= total <= wirelen - off:
+                ip_bytes = total
+                l4 = off + 20
+        elif etype == ETHERTYPE_IPV6 and n >= off + 48:
+            b0, plen, proto, src, dst = IPV6_HEADER.unpack_from(data, off)
+            if b0 >> 4 == 6 and 0 < plen <= wirelen - off - 40:
+                ip_bytes = plen + 40
+                l4 = off + 40
+        if ip_bytes:
+            end = off + ip_bytes
             if end > n:
                 end = n
             if proto == PROTO_TCP:
-                sport, dport, doff, flags = TCP_HEADER.unpack_from(data, 34)
-                if doff >= 0x50:
-                    pay = 34 + ((doff >> 4) << 2)
-                    if pay > end:
-                        pay = end
-                    return (0, PROTO_TCP, src, dst, sport, dport, total, flags, pay, end)
-            elif proto == PROTO_UDP:
-                sport, dport = PORTS.unpack_from(data, 34)
-                pay = 42 if end >= 42 else end
-                return (0, PROTO_UDP, src, dst, sport, dport, total, 0, pay, end)
+                if ip_bytes >= l4 - off + 20 and n >= l4 + 14:
+                    sport, dport, doff, flags = TCP_HEADER.unpack_from(data, l4)
+                    if doff >= 0x50:
+                        pay = l4 + ((doff >> 4) << 2)
+                        if pay > end:
+                            pay = end
+                        return (vlan, PROTO_TCP, src, dst, sport, dport, ip_bytes, flags, pay, end)
+            elif proto == PROTO_UDP and ip_bytes >= l4 - off + 8:
+                sport, dport = PORTS.unpack_from(data, l4)
+                pay = l4 + 8
+                if pay > end:
+                    pay = end
+                return (vlan, PROTO_UDP, src, dst, sport, dport, ip_bytes, 0, pay, end)
     vlan = 0
     if linktype == LINKTYPE_ETHERNET:
         if n < 14:
@@ -258,6 +278,10 @@ def dissect(
     else:
         return None
 
+    if proto in PORT_PROTOS and end < l4 + (20 if proto == PROTO_TCP else 8):
+        # The IP length leaves no room for the transport header: what follows is padding or
+        # another packet's bytes, never this header.
+        raise _malformed("transport header beyond ip length")
     if end > n:
         end = n  # snapped capture: inspect only what we have
     sport = dport = flags = 0

@@ -56,14 +56,15 @@ class Flow:
     __slots__ = (
         "bytes_in", "bytes_out", "closing", "direction", "dport", "dst", "end_reason",
         "fin_in", "fin_out", "first", "flags_in", "flags_out", "key", "last", "packets_in",
-        "packets_out", "proto", "reported", "sport", "src", "vlan",
+        "packets_out", "proto", "reported", "rkey", "sport", "src", "vlan",
     )
 
     def __init__(
         self, key: tuple[object, ...], vlan: int, proto: int, src: bytes, sport: int, dst: bytes,
         dport: int, ts: float, direction: str,
     ) -> None:
-        self.key = key
+        self.key = key  # (vlan, proto, src, sport, dst, dport) as the opener sent it
+        self.rkey = (vlan, proto, dst, dport, src, sport)  # the same flow, as the other side sends
         self.vlan = vlan
         self.proto = proto
         self.src = src
@@ -141,7 +142,10 @@ class FlowTable:
         self.stats = TableStats()
         self._on_close = on_close
         self._on_update = on_update
-        self._flows: dict[tuple[object, ...], Flow] = {}
+        self._flows: dict[tuple[object, ...], Flow] = {}  # by Flow.key
+        # Both directions of every flow, so a packet finds its flow and its side in one look-up
+        # without ordering addresses: (flow, True) for the opener's packets, (flow, False) back.
+        self._index: dict[tuple[object, ...], tuple[Flow, bool]] = {}
         self._internal = InternalNetworks(config.internal)
         self._fragments: dict[tuple[object, ...], int] = {}
         # Deadline queues, appended in (nearly) time order so the due entries sit at the left end.
@@ -159,14 +163,13 @@ class FlowTable:
 
     def ingest(self, frames: Iterable[tuple[float, int, bytes, int]]) -> None:
         """Account every frame; the per-packet loop, kept flat on purpose."""
-        flows = self._flows
+        index = self._index
         stats = self.stats
         dropped = stats.dropped
         detail = stats.malformed_detail
         fragments = self._fragments
         new_flow = self._new_flow
-        closing_q = self._closing
-        grace = self.config.tcp_close_grace
+        tcp_end = self._tcp_end
         next_sweep = self._next_sweep
         packets = 0
         ts = self.now
@@ -174,6 +177,7 @@ class FlowTable:
             for ts, linktype, data, wirelen in frames:
                 packets += 1
                 if ts >= next_sweep:
+                    self.now = ts
                     self._expire(ts)
                     next_sweep = ts + 1.0
                 try:
@@ -186,51 +190,51 @@ class FlowTable:
                     stats.ignored += 1
                     continue
                 vlan, proto, s, d, sp, dp, size, flags, _pay, _end = pkt
-                if s < d or (s == d and sp <= dp):
-                    key = (vlan, proto, s, sp, d, dp)
-                else:
-                    key = (vlan, proto, d, dp, s, sp)
-                flow = flows.get(key)
-                if flow is None or (
-                    flow.closing and flags & (TCP_SYN | TCP_ACK) == TCP_SYN and proto == PROTO_TCP
+                entry = index.get((vlan, proto, s, sp, d, dp))
+                # flags is 0 for every protocol but TCP, so TCP's tests cost nothing elsewhere.
+                if entry is None or (
+                    flags & TCP_SYN and not flags & TCP_ACK and entry[0].closing
                 ):
-                    flow = new_flow(key, pkt, ts, flow)
-                if s == flow.src and sp == flow.sport:
+                    entry = new_flow(pkt, ts, entry)
+                flow, outward = entry
+                if outward:
                     flow.packets_out += 1
                     flow.bytes_out += size
-                    if proto == PROTO_TCP:
+                    if flags:
                         flow.flags_out |= flags
-                        if flags & TCP_FIN:
-                            flow.fin_out = True
                 else:
                     flow.packets_in += 1
                     flow.bytes_in += size
-                    if proto == PROTO_TCP:
+                    if flags:
                         flow.flags_in |= flags
-                        if flags & TCP_FIN:
-                            flow.fin_in = True
                 flow.last = ts
-                if (
-                    proto == PROTO_TCP
-                    and not flow.closing
-                    and (flags & TCP_RST or (flow.fin_out and flow.fin_in))
-                ):
-                    flow.closing = True
-                    flow.end_reason = "rst" if flags & TCP_RST else "fin"
-                    closing_q.append((ts + grace, flow))
+                if flags & (TCP_FIN | TCP_RST):
+                    tcp_end(flow, outward, flags, ts)
         finally:
             stats.packets += packets
             self._next_sweep = next_sweep
             self.now = ts
 
+    def _tcp_end(self, flow: Flow, outward: bool, flags: int, ts: float) -> None:
+        """FIN or RST seen: after FIN both ways, or RST, the flow ends once the grace has passed."""
+        if flags & TCP_FIN:
+            if outward:
+                flow.fin_out = True
+            else:
+                flow.fin_in = True
+        if not flow.closing and (flags & TCP_RST or (flow.fin_out and flow.fin_in)):
+            flow.closing = True
+            flow.end_reason = "rst" if flags & TCP_RST else "fin"
+            self._closing.append((ts + self.config.tcp_close_grace, flow))
+
     def _new_flow(
-        self, key: tuple[object, ...], pkt: tuple[int, int, bytes, bytes, int, int, int, int, int, int],
-        ts: float, old: Flow | None,
-    ) -> Flow:
+        self, pkt: tuple[int, int, bytes, bytes, int, int, int, int, int, int], ts: float,
+        old: tuple[Flow, bool] | None,
+    ) -> tuple[Flow, bool]:
         if old is not None:
             # A fresh SYN on a closed 5-tuple: the port was reused; the old flow is over.
-            self._close(old, old.end_reason or "new_syn")
-        elif len(self._flows) >= self.config.max_flows:
+            self._close(old[0], old[0].end_reason or "new_syn")
+        if len(self._flows) >= self.config.max_flows:
             self._evict_one()
         vlan, proto, s, d, sp, dp, _size, flags, _pay, _end = pkt
         if proto == PROTO_TCP:
@@ -241,16 +245,26 @@ class FlowTable:
             swap = _server_side(sp, dp)
         if swap:
             s, sp, d, dp = d, dp, s, sp
+        key = (vlan, proto, s, sp, d, dp)
         flow = Flow(key, vlan, proto, s, sp, d, dp, ts, direction_of(self._internal, s, d))
         self._flows[key] = flow
+        index = self._index
+        back = (flow, False)
+        index[flow.rkey] = back
+        # A flow from an address and port to themselves has one key: all its packets are "out".
+        index[key] = forth = (flow, True)
         self.stats.flows_created += 1
         self._idle.append((ts + self.config.idle_timeout, flow))
         self._active.append((ts + self.config.active_timeout, flow))
-        return flow
+        return back if swap and flow.rkey != key else forth
 
     def _close(self, flow: Flow, reason: CloseReason) -> None:
         if self._flows.get(flow.key) is flow:
             del self._flows[flow.key]
+            index = self._index
+            del index[flow.key]
+            if flow.rkey in index and index[flow.rkey][0] is flow:
+                del index[flow.rkey]
         flow.end_reason = reason
         self._on_close(flow)
 

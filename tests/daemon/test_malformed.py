@@ -124,11 +124,6 @@ class TestMalformedPackets:
         assert run.table.stats.ignored == 1
         assert run.records == []
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="bug: dissect reads the TCP header past the IP total length (both the IPv4 fast path and "
-        "the general path check the TCP header against the captured frame, not against the IP end)",
-    )
     @pytest.mark.parametrize("tagged", [False, True], ids=["fast-path", "vlan-general-path"])
     def test_tcp_header_beyond_ip_length(self, run_flows, net, tagged):
         """A TCP header that does not fit in the IP total length is malformed, not read from padding."""
