@@ -93,7 +93,7 @@ class Replay:
         """Ingest the whole capture, then end every flow. Raises CaptureFormatError, OSError."""
         self.geo.start()
         try:
-            self.table.ingest(capture)
+            self.table.ingest_batches(capture.batches())
         finally:
             self.table.flush()
 

@@ -75,45 +75,53 @@ def _malformed(what: str) -> MalformedPacket:
 
 
 def dissect(
-    linktype: int, data: bytes, wirelen: int, fragments: dict[tuple[object, ...], int]
+    linktype: int, data: bytes, start: int, n: int, wirelen: int,
+    fragments: dict[tuple[object, ...], int],
 ) -> Packet | None:
     """Parse one frame's link, IP and transport headers.
 
     Args:
         linktype: the capture's link type for this frame.
-        data: the captured bytes (possibly shorter than the frame on the wire).
+        data: a buffer holding the frame's captured bytes (possibly shorter than the frame on
+            the wire) at data[start:n]; readers pass a whole chunk of a file or a ring block,
+            so no frame is copied.
+        start: where the frame starts in data.
+        n: where the captured bytes end in data.
         wirelen: the frame's length on the wire, to tell a snapped capture from a lying header.
         fragments: state shared across calls, mapping an IP datagram to the ports of its first
             fragment so that later fragments join the same flow.
 
     Returns:
-        The `Packet` tuple, or None when the frame carries nothing we account.
+        The `Packet` tuple (its payload offsets index into data), or None when the frame carries
+        nothing we account.
 
     Raises:
         MalformedPacket: headers cut short ("truncated") or impossible ("malformed").
     """
-    n = len(data)
-    if linktype == LINKTYPE_ETHERNET and n >= 42:
+    # Where the frame ends on the wire. A record whose wire length is below its captured length
+    # is corrupt: trust the bytes we hold, so that no size can go negative.
+    wire_end = start + wirelen if start + wirelen > n else n
+    if linktype == LINKTYPE_ETHERNET and n >= start + 42:
         # Fast path for most of a gateway's traffic: Ethernet with at most one 802.1Q tag, IPv4
         # without options and not fragmented or IPv6 without extension headers, then TCP or UDP.
         # It checks what the general path checks; anything else, or any doubt, falls through.
-        etype, tci = ETH_TAG.unpack_from(data, 12)
+        etype, tci = ETH_TAG.unpack_from(data, start + 12)
         if etype == 0x8100:
             vlan = tci & 0x0FFF
-            etype = (data[16] << 8) | data[17]
-            off = 18
+            etype = (data[start + 16] << 8) | data[start + 17]
+            off = start + 18
         else:
             vlan = 0
-            off = 14
+            off = start + 14
         ip_bytes = 0
         if etype == ETHERTYPE_IPV4 and n >= off + 28:
             b0, total, _ident, frag, proto, src, dst = IPV4_HEADER.unpack_from(data, off)
-            if b0 == 0x45 and not frag & 0x3FFF and 20 <= total <= wirelen - off:
+            if b0 == 0x45 and not frag & 0x3FFF and 20 <= total <= wire_end - off:
                 ip_bytes = total
                 l4 = off + 20
         elif etype == ETHERTYPE_IPV6 and n >= off + 48:
             b0, plen, proto, src, dst = IPV6_HEADER.unpack_from(data, off)
-            if b0 >> 4 == 6 and 0 < plen <= wirelen - off - 40:
+            if b0 >> 4 == 6 and 0 < plen <= wire_end - off - 40:
                 ip_bytes = plen + 40
                 l4 = off + 40
         if ip_bytes:
@@ -136,10 +144,10 @@ def dissect(
                 return (vlan, PROTO_UDP, src, dst, sport, dport, ip_bytes, 0, pay, end)
     vlan = 0
     if linktype == LINKTYPE_ETHERNET:
-        if n < 14:
+        if n < start + 14:
             raise _truncated("ethernet header")
-        etype = (data[12] << 8) | data[13]
-        off = 14
+        etype = (data[start + 12] << 8) | data[start + 13]
+        off = start + 14
         while etype in ETHERTYPE_VLAN:
             if n < off + 4:
                 raise _truncated("vlan tag")
@@ -148,33 +156,33 @@ def dissect(
             etype = (data[off + 2] << 8) | data[off + 3]
             off += 4
     elif linktype == LINKTYPE_LINUX_SLL:
-        if n < 16:
+        if n < start + 16:
             raise _truncated("linux cooked header")
-        etype = (data[14] << 8) | data[15]
-        off = 16
+        etype = (data[start + 14] << 8) | data[start + 15]
+        off = start + 16
     elif linktype == LINKTYPE_LINUX_SLL2:
-        if n < 20:
+        if n < start + 20:
             raise _truncated("linux cooked v2 header")
-        etype = (data[0] << 8) | data[1]
-        off = 20
+        etype = (data[start] << 8) | data[start + 1]
+        off = start + 20
     elif linktype in RAW_LINKTYPES or linktype in (LINKTYPE_IPV4, LINKTYPE_IPV6):
-        if n < 1:
+        if n < start + 1:
             raise _truncated("raw ip")
-        etype = ETHERTYPE_IPV4 if data[0] >> 4 == 4 else ETHERTYPE_IPV6
-        off = 0
+        etype = ETHERTYPE_IPV4 if data[start] >> 4 == 4 else ETHERTYPE_IPV6
+        off = start
     elif linktype in (LINKTYPE_NULL, LINKTYPE_LOOP):
-        if n < 4:
+        if n < start + 4:
             raise _truncated("loopback header")
         # The address family is in host order for NULL and network order for LOOP; AF_INET is 2
         # everywhere, AF_INET6 is 10, 24, 28 or 30 depending on the OS that wrote the file.
-        family = data[0] | data[3]
+        family = data[start] | data[start + 3]
         if family == 2:
             etype = ETHERTYPE_IPV4
         elif family in (10, 24, 28, 30):
             etype = ETHERTYPE_IPV6
         else:
             return None
-        off = 4
+        off = start + 4
     else:
         return None
 
@@ -205,9 +213,7 @@ def dissect(
             raise _truncated("ip after mpls")
         etype = ETHERTYPE_IPV4 if data[off] >> 4 == 4 else ETHERTYPE_IPV6
 
-    # Bytes of the IP packet as it was on the wire (may include padding). A record whose wire length
-    # is below its captured length is corrupt: trust the bytes we hold, so no size can go negative.
-    avail = (wirelen if wirelen > n else n) - off
+    avail = wire_end - off  # bytes of the IP packet as it was on the wire (may include padding)
     if etype == ETHERTYPE_IPV4:
         if n < off + 20:
             raise _truncated("ipv4 header")

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from douane.daemon.dissect import PROTO_TCP, MalformedPacket, dissect
+from douane.daemon.pcapfile import Batch
 
 TCP_FIN = 0x01
 TCP_SYN = 0x02
@@ -162,7 +163,11 @@ class FlowTable:
         return len(self._flows)
 
     def ingest(self, frames: Iterable[tuple[float, int, bytes, int]]) -> None:
-        """Account every frame; the per-packet loop, kept flat on purpose."""
+        """Account frames given one by one as (timestamp, link type, bytes, wire length)."""
+        self.ingest_batches((data, [(ts, lt, 0, len(data), wl)]) for ts, lt, data, wl in frames)
+
+    def ingest_batches(self, batches: Iterable[Batch]) -> None:
+        """Account every frame of every batch; the per-packet loop, kept flat on purpose."""
         index = self._index
         stats = self.stats
         dropped = stats.dropped
@@ -174,42 +179,43 @@ class FlowTable:
         packets = 0
         ts = self.now
         try:
-            for ts, linktype, data, wirelen in frames:
-                packets += 1
-                if ts >= next_sweep:
-                    self.now = ts
-                    self._expire(ts)
-                    next_sweep = ts + 1.0
-                try:
-                    pkt = dissect(linktype, data, wirelen, fragments)
-                except MalformedPacket as exc:
-                    dropped[exc.reason] += 1
-                    detail[exc.detail] = detail.get(exc.detail, 0) + 1
-                    continue
-                if pkt is None:
-                    stats.ignored += 1
-                    continue
-                vlan, proto, s, d, sp, dp, size, flags, _pay, _end = pkt
-                entry = index.get((vlan, proto, s, sp, d, dp))
-                # flags is 0 for every protocol but TCP, so TCP's tests cost nothing elsewhere.
-                if entry is None or (
-                    flags & TCP_SYN and not flags & TCP_ACK and entry[0].closing
-                ):
-                    entry = new_flow(pkt, ts, entry)
-                flow, outward = entry
-                if outward:
-                    flow.packets_out += 1
-                    flow.bytes_out += size
-                    if flags:
-                        flow.flags_out |= flags
-                else:
-                    flow.packets_in += 1
-                    flow.bytes_in += size
-                    if flags:
-                        flow.flags_in |= flags
-                flow.last = ts
-                if flags & (TCP_FIN | TCP_RST):
-                    tcp_end(flow, outward, flags, ts)
+            for buf, records in batches:
+                for ts, linktype, start, stop, wirelen in records:
+                    packets += 1
+                    if ts >= next_sweep:
+                        self.now = ts
+                        self._expire(ts)
+                        next_sweep = ts + 1.0
+                    try:
+                        pkt = dissect(linktype, buf, start, stop, wirelen, fragments)
+                    except MalformedPacket as exc:
+                        dropped[exc.reason] += 1
+                        detail[exc.detail] = detail.get(exc.detail, 0) + 1
+                        continue
+                    if pkt is None:
+                        stats.ignored += 1
+                        continue
+                    vlan, proto, s, d, sp, dp, size, flags, _pay, _end = pkt
+                    entry = index.get((vlan, proto, s, sp, d, dp))
+                    # flags is 0 for every protocol but TCP, so TCP's tests cost nothing elsewhere.
+                    if entry is None or (
+                        flags & TCP_SYN and not flags & TCP_ACK and entry[0].closing
+                    ):
+                        entry = new_flow(pkt, ts, entry)
+                    flow, outward = entry
+                    if outward:
+                        flow.packets_out += 1
+                        flow.bytes_out += size
+                        if flags:
+                            flow.flags_out |= flags
+                    else:
+                        flow.packets_in += 1
+                        flow.bytes_in += size
+                        if flags:
+                            flow.flags_in |= flags
+                    flow.last = ts
+                    if flags & (TCP_FIN | TCP_RST):
+                        tcp_end(flow, outward, flags, ts)
         finally:
             stats.packets += packets
             self._next_sweep = next_sweep

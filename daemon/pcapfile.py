@@ -17,6 +17,10 @@ from typing import BinaryIO
 
 # (timestamp in seconds, link type, captured bytes, original length on the wire)
 Frame = tuple[float, int, bytes, int]
+# A buffer and the frames in it: (timestamp, link type, start, end of the captured bytes, wire
+# length). Readers hand out whole chunks so that no frame is copied on the per-packet path.
+Record = tuple[float, int, int, int, int]
+Batch = tuple[bytes, list[Record]]
 
 CHUNK = 1 << 20
 # A record larger than this is not a packet but a corrupt length field (pcapng's own readers use 16 MiB).
@@ -48,6 +52,13 @@ class CaptureFile:
     size: int = 0
 
     def __iter__(self) -> Iterator[Frame]:
+        """Frames one by one, each its own bytes (convenient; `batches` is the fast way)."""
+        for buf, records in self.batches():
+            for ts, linktype, start, end, wirelen in records:
+                yield ts, linktype, buf[start:end], wirelen
+
+    def batches(self) -> Iterator[Batch]:
+        """The capture as buffers with the frames they hold; raises CaptureFormatError."""
         with self.path.open("rb") as fh:
             self.size = self.path.stat().st_size
             head = fh.read(4)
@@ -64,7 +75,7 @@ class CaptureFile:
                     f"{self.path}: not a pcap or pcapng capture (starts with 0x{head.hex()})"
                 )
 
-    def _pcap(self, fh: BinaryIO, magic: bytes) -> Iterator[Frame]:
+    def _pcap(self, fh: BinaryIO, magic: bytes) -> Iterator[Batch]:
         order, resolution = PCAP_MAGICS[magic]
         rest = fh.read(20)
         if len(rest) < 20:
@@ -88,21 +99,27 @@ class CaptureFile:
             size = len(buf)
             off = 0
             self.bytes_read = base
-            # The per-packet loop: one unpack, two comparisons, one slice.
+            records: list[Record] = []
+            append = records.append
+            # The per-packet loop: one unpack, two comparisons, one tuple.
             while off + 16 <= size:
                 sec, frac, caplen, wirelen = unpack(buf, off)
                 end = off + 16 + caplen
                 if end > size:
                     if caplen > MAX_RECORD:
+                        if records:
+                            yield buf, records
                         raise CaptureFormatError(
                             f"{self.path}: record at offset {base + off} claims {caplen} bytes"
                         )
                     break
-                yield sec + frac * resolution, linktype, buf[off + 16 : end], wirelen
+                append((sec + frac * resolution, linktype, off + 16, end, wirelen))
                 off = end
+            if records:
+                yield buf, records
         self.bytes_read = base + off
 
-    def _pcapng(self, fh: BinaryIO, first: bytes) -> Iterator[Frame]:
+    def _pcapng(self, fh: BinaryIO, first: bytes) -> Iterator[Batch]:
         order = "<"
         interfaces: list[tuple[int, float]] = []  # (link type, seconds per timestamp unit)
         pending = first
@@ -166,19 +183,14 @@ class CaptureFile:
                     self.bad_records += 1
                     continue
                 linktype, unit = interfaces[ifid]
-                yield (
-                    ((ts_hi << 32) | ts_lo) * unit,
-                    linktype,
-                    body[20 : 20 + caplen],
-                    wirelen,
-                )
+                yield body, [(((ts_hi << 32) | ts_lo) * unit, linktype, 20, 20 + caplen, wirelen)]
             elif btype == 3:  # Simple Packet Block: no timestamp, interface 0
                 if not interfaces or len(body) < 8:
                     self.bad_records += 1
                     continue
                 (wirelen,) = struct.unpack_from(order + "I", body, 0)
                 caplen = min(wirelen, len(body) - 8)
-                yield 0.0, interfaces[0][0], body[4 : 4 + caplen], wirelen
+                yield body, [(0.0, interfaces[0][0], 4, 4 + caplen, wirelen)]
             elif btype == 2:  # obsolete Packet Block
                 if len(body) < 24:
                     self.bad_records += 1
@@ -190,7 +202,7 @@ class CaptureFile:
                     self.bad_records += 1
                     continue
                 linktype, unit = interfaces[ifid]
-                yield ((ts_hi << 32) | ts_lo) * unit, linktype, body[20 : 20 + caplen], wirelen
+                yield body, [(((ts_hi << 32) | ts_lo) * unit, linktype, 20, 20 + caplen, wirelen)]
             # Other blocks (name resolution, statistics, custom) carry no packets.
 
 

@@ -48,7 +48,7 @@ UDP6_EXT = (
 
 
 def dissect_bytes(linktype: int, data: bytes, wirelen: int | None = None, fragments=None):
-    return dissect(linktype, data, len(data) if wirelen is None else wirelen,
+    return dissect(linktype, data, 0, len(data), len(data) if wirelen is None else wirelen,
                    {} if fragments is None else fragments)
 
 
@@ -242,24 +242,34 @@ def frames(draw: st.DrawFn) -> tuple[int, bytes, int]:
 
 
 def check_contract(linktype: int, data: bytes, wirelen: int, state: dict) -> None:
-    try:
-        pkt = dissect(linktype, data, wirelen, state)
-    except MalformedPacket as exc:
-        assert exc.reason in ("malformed", "truncated")
-        return
-    if pkt is None:
-        return
-    assert len(pkt) == 10
-    vlan, proto, src, dst, sport, dport, size, flags, pay, end = pkt
-    assert 0 <= vlan < 4096
-    assert 0 <= proto < 256
-    assert len(src) == len(dst)
-    assert len(src) in (4, 16)
-    assert 0 <= sport < 65536
-    assert 0 <= dport < 65536
-    assert 0 <= flags < 256
-    assert size >= (20 if len(src) == 4 else 40), "IP-layer bytes below the IP header's size"
-    assert 0 <= pay <= end <= len(data), "payload span outside the frame"
+    # Twice: alone, and inside a larger buffer as readers pass it (a chunk of a file, a ring
+    # block), where the bytes around the frame must never be read as part of it.
+    outcomes = []
+    for before, after in ((b"", b""), (b"\xee" * 7, b"\x45" * 64)):
+        buf = before + data + after
+        start, stop = len(before), len(before) + len(data)
+        try:
+            pkt = dissect(linktype, buf, start, stop, wirelen, dict(state))
+        except MalformedPacket as exc:
+            assert exc.reason in ("malformed", "truncated")
+            outcomes.append(exc.reason)
+            continue
+        if pkt is None:
+            outcomes.append(None)
+            continue
+        assert len(pkt) == 10
+        vlan, proto, src, dst, sport, dport, size, flags, pay, end = pkt
+        assert 0 <= vlan < 4096
+        assert 0 <= proto < 256
+        assert len(src) == len(dst)
+        assert len(src) in (4, 16)
+        assert 0 <= sport < 65536
+        assert 0 <= dport < 65536
+        assert 0 <= flags < 256
+        assert size >= (20 if len(src) == 4 else 40), "IP-layer bytes below the IP header's size"
+        assert start <= pay <= end <= stop, "payload span outside the frame"
+        outcomes.append((vlan, proto, src, dst, sport, dport, size, flags, pay - start, end - start))
+    assert outcomes[0] == outcomes[1], "the bytes around a frame changed its dissection"
 
 
 class TestDissectContract:
