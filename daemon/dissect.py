@@ -51,10 +51,11 @@ ETH_TAG = struct.Struct("!HH")  # Ethernet type, and the 802.1Q tag control if t
 MAX_FRAGMENTS = 4096
 
 # The fields a flow needs, in this order:
-# (vlan, proto, src, dst, sport, dport, ip_bytes, tcp_flags, payload_start, payload_end)
-# src and dst are the raw 4- or 16-byte addresses. payload_* index into the frame; they are equal
+# (vlan, proto, src, dst, sport, dport, ip_bytes, tcp_flags, payload_start, payload_end, l4_start)
+# src and dst are the raw 4- or 16-byte addresses. payload_* index into the buffer; they are equal
 # when there is no transport payload (or a non-first fragment, whose bytes we do not inspect).
-Packet = tuple[int, int, bytes, bytes, int, int, int, int, int, int]
+# l4_start is where the transport header starts (inspection reads TCP sequence numbers there).
+Packet = tuple[int, int, bytes, bytes, int, int, int, int, int, int, int]
 
 
 class MalformedPacket(ValueError):
@@ -135,13 +136,13 @@ def dissect(
                         pay = l4 + ((doff >> 4) << 2)
                         if pay > end:
                             pay = end
-                        return (vlan, PROTO_TCP, src, dst, sport, dport, ip_bytes, flags, pay, end)
+                        return (vlan, PROTO_TCP, src, dst, sport, dport, ip_bytes, flags, pay, end, l4)
             elif proto == PROTO_UDP and ip_bytes >= l4 - off + 8:
                 sport, dport = PORTS.unpack_from(data, l4)
                 pay = l4 + 8
                 if pay > end:
                     pay = end
-                return (vlan, PROTO_UDP, src, dst, sport, dport, ip_bytes, 0, pay, end)
+                return (vlan, PROTO_UDP, src, dst, sport, dport, ip_bytes, 0, pay, end, l4)
     vlan = 0
     if linktype == LINKTYPE_ETHERNET:
         if n < start + 14:
@@ -235,7 +236,7 @@ def dissect(
         if frag & 0x1FFF:
             # A later fragment: no transport header; it belongs to the flow of its first fragment.
             ports = fragments.get((src, dst, ident, proto), 0)
-            return (vlan, proto, src, dst, ports >> 16, ports & 0xFFFF, total, 0, l4, l4)
+            return (vlan, proto, src, dst, ports >> 16, ports & 0xFFFF, total, 0, l4, l4, l4)
         frag_id = (src, dst, ident, proto) if frag & 0x2000 else None
         ip_bytes = total
     elif etype == ETHERTYPE_IPV6:
@@ -265,7 +266,7 @@ def dissect(
                 if offset:
                     ports = fragments.get(ident, 0)
                     return (
-                        vlan, data[l4], src, dst, ports >> 16, ports & 0xFFFF, ip_bytes, 0, l4, l4,
+                        vlan, data[l4], src, dst, ports >> 16, ports & 0xFFFF, ip_bytes, 0, l4, l4, l4,
                     )
                 if data[l4 + 3] & 1:
                     frag_id = ident
@@ -312,4 +313,6 @@ def dissect(
             fragments[frag_id] = (sport << 16) | dport
     if pay > end:
         pay = end  # also when IPv6 extension headers reach past the captured bytes
-    return (vlan, proto, src, dst, sport, dport, ip_bytes, flags, pay, end)
+        if l4 > pay:
+            l4 = pay
+    return (vlan, proto, src, dst, sport, dport, ip_bytes, flags, pay, end, l4)

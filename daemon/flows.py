@@ -13,8 +13,9 @@ import ipaddress
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
-from douane.daemon.dissect import PROTO_TCP, MalformedPacket, dissect
+from douane.daemon.dissect import PROTO_TCP, MalformedPacket, Packet, dissect
 from douane.daemon.pcapfile import Batch
 
 TCP_FIN = 0x01
@@ -55,9 +56,10 @@ class Flow:
     """One bidirectional flow, seen from the side that opened it (`src`)."""
 
     __slots__ = (
-        "bytes_in", "bytes_out", "closing", "direction", "dport", "dst", "end_reason",
-        "fin_in", "fin_out", "first", "flags_in", "flags_out", "key", "last", "packets_in",
-        "packets_out", "proto", "reported", "rkey", "sport", "src", "vlan",
+        "bytes_in", "bytes_out", "closing", "direction", "dport", "dst", "ech", "end_reason",
+        "fin_in", "fin_out", "first", "flags_in", "flags_out", "hostname", "hostname_source",
+        "inspect", "key", "last", "packets_in", "packets_out", "proto", "reported", "rkey", "sport",
+        "src", "vlan",
     )
 
     def __init__(
@@ -82,6 +84,12 @@ class Flow:
         self.end_reason: CloseReason = ""
         # Counters as last handed to on_update/on_close, so sinks can add only the difference.
         self.reported = (0, 0, 0, 0)
+        # Identity, filled by inspection (identify.py); `inspect` is its per-flow state, None
+        # once there is nothing more to learn, so the packet loop skips the flow for good.
+        self.hostname: str | None = None
+        self.hostname_source: str | None = None
+        self.ech = False
+        self.inspect: Any = None
 
 
 @dataclass
@@ -135,11 +143,27 @@ def direction_of(internal: InternalNetworks, src: bytes, dst: bytes) -> str:
 FlowCallback = Callable[[Flow], None]
 
 
+class Inspector(Protocol):
+    """Per-flow payload inspection (identify.py); the table calls it, nothing else does."""
+
+    def on_new_flow(
+        self, flow: Flow, buf: bytes, l4: int, flags: int, outward: bool, ts: float
+    ) -> None: ...
+
+    def on_payload(
+        self, flow: Flow, outward: bool, buf: bytes, l4: int, pay: int, end: int, ts: float
+    ) -> None: ...
+
+
 class FlowTable:
     """Bidirectional flows with idle/active timeouts and a bounded size."""
 
-    def __init__(self, config: FlowConfig, on_close: FlowCallback, on_update: FlowCallback) -> None:
+    def __init__(
+        self, config: FlowConfig, on_close: FlowCallback, on_update: FlowCallback,
+        inspector: Inspector | None = None,
+    ) -> None:
         self.config = config
+        self._inspector = inspector
         self.stats = TableStats()
         self._on_close = on_close
         self._on_update = on_update
@@ -175,6 +199,8 @@ class FlowTable:
         fragments = self._fragments
         new_flow = self._new_flow
         tcp_end = self._tcp_end
+        # Only an inspector sets flow.inspect, so without one the call below never happens.
+        on_payload = self._inspector.on_payload if self._inspector is not None else _no_inspection
         next_sweep = self._next_sweep
         packets = 0
         ts = self.now
@@ -195,13 +221,13 @@ class FlowTable:
                     if pkt is None:
                         stats.ignored += 1
                         continue
-                    vlan, proto, s, d, sp, dp, size, flags, _pay, _end = pkt
+                    vlan, proto, s, d, sp, dp, size, flags, pay, end, l4 = pkt
                     entry = index.get((vlan, proto, s, sp, d, dp))
                     # flags is 0 for every protocol but TCP, so TCP's tests cost nothing elsewhere.
                     if entry is None or (
                         flags & TCP_SYN and not flags & TCP_ACK and entry[0].closing
                     ):
-                        entry = new_flow(pkt, ts, entry)
+                        entry = new_flow(pkt, buf, ts, entry)
                     flow, outward = entry
                     if outward:
                         flow.packets_out += 1
@@ -216,6 +242,8 @@ class FlowTable:
                     flow.last = ts
                     if flags & (TCP_FIN | TCP_RST):
                         tcp_end(flow, outward, flags, ts)
+                    if pay < end and flow.inspect is not None:
+                        on_payload(flow, outward, buf, l4, pay, end, ts)
         finally:
             stats.packets += packets
             self._next_sweep = next_sweep
@@ -234,15 +262,14 @@ class FlowTable:
             self._closing.append((ts + self.config.tcp_close_grace, flow))
 
     def _new_flow(
-        self, pkt: tuple[int, int, bytes, bytes, int, int, int, int, int, int], ts: float,
-        old: tuple[Flow, bool] | None,
+        self, pkt: Packet, buf: bytes, ts: float, old: tuple[Flow, bool] | None,
     ) -> tuple[Flow, bool]:
         if old is not None:
             # A fresh SYN on a closed 5-tuple: the port was reused; the old flow is over.
             self._close(old[0], old[0].end_reason or "new_syn")
         if len(self._flows) >= self.config.max_flows:
             self._evict_one()
-        vlan, proto, s, d, sp, dp, _size, flags, _pay, _end = pkt
+        vlan, proto, s, d, sp, dp, _size, flags, _pay, _end, l4 = pkt
         if proto == PROTO_TCP:
             syn = flags & (TCP_SYN | TCP_ACK)
             # SYN: the sender opened it. SYN-ACK: the receiver did. Otherwise guess from ports.
@@ -262,7 +289,10 @@ class FlowTable:
         self.stats.flows_created += 1
         self._idle.append((ts + self.config.idle_timeout, flow))
         self._active.append((ts + self.config.active_timeout, flow))
-        return back if swap and flow.rkey != key else forth
+        entry = back if swap and flow.rkey != key else forth
+        if self._inspector is not None:
+            self._inspector.on_new_flow(flow, buf, l4, flags, entry[1], ts)
+        return entry
 
     def _close(self, flow: Flow, reason: CloseReason) -> None:
         if self._flows.get(flow.key) is flow:
@@ -318,6 +348,12 @@ class FlowTable:
         self._idle.clear()
         self._active.clear()
         self._closing.clear()
+
+
+def _no_inspection(
+    flow: Flow, outward: bool, buf: bytes, l4: int, pay: int, end: int, ts: float
+) -> None:
+    return None
 
 
 def _server_side(sport: int, dport: int) -> bool:

@@ -13,11 +13,12 @@ from douane.daemon.cli import demo_capture
 
 DOUANE = [sys.executable, "-m", "douane.daemon.cli"]
 
-# DESIGN.md's flow record, in its order, plus `vlan` (README: flows are keyed by VLAN too).
+# DESIGN.md's flow record, in its order, plus `vlan` (README: flows are keyed by VLAN too) and
+# `ech` (issue 3: the name came from an Encrypted Client Hello's outer, public name).
 RECORD_FIELDS = [
     "start", "end", "proto", "src", "sport", "dst", "dport", "vlan", "direction",
     "packets_out", "bytes_out", "packets_in", "bytes_in",
-    "hostname", "hostname_source", "service", "asn", "as_name",
+    "hostname", "hostname_source", "ech", "service", "asn", "as_name",
     "location_country", "location_zone", "provider", "controller_country", "controller_zone",
     "exposure", "jurisdiction", "data_categories", "verdict", "rule",
 ]

@@ -58,11 +58,12 @@ class TestDissectFields:
     def test_tcp_ipv4_ethernet(self):
         """Ethernet + IPv4 + TCP gives addresses, ports, IP length, flags and the payload's span."""
         data = bytes(Ether(**MAC) / TCP4)
-        vlan, proto, src, dst, sport, dport, size, flags, pay, end = dissect_bytes(1, data)
+        vlan, proto, src, dst, sport, dport, size, flags, pay, end, l4 = dissect_bytes(1, data)
         assert (vlan, proto, src, dst, sport, dport) == (0, 6, V4_A, V4_B, 40000, 443)
         assert size == 20 + 20 + 5
         assert flags == 0x18  # PSH | ACK
         assert data[pay:end] == b"hello"
+        assert l4 == 14 + 20  # the TCP header, where inspection reads the sequence number
 
     def test_ipv6_extension_headers(self):
         """The walk over hop-by-hop, destination options and routing headers reaches UDP's ports."""
@@ -257,8 +258,8 @@ def check_contract(linktype: int, data: bytes, wirelen: int, state: dict) -> Non
         if pkt is None:
             outcomes.append(None)
             continue
-        assert len(pkt) == 10
-        vlan, proto, src, dst, sport, dport, size, flags, pay, end = pkt
+        assert len(pkt) == 11
+        vlan, proto, src, dst, sport, dport, size, flags, pay, end, l4 = pkt
         assert 0 <= vlan < 4096
         assert 0 <= proto < 256
         assert len(src) == len(dst)
@@ -268,7 +269,10 @@ def check_contract(linktype: int, data: bytes, wirelen: int, state: dict) -> Non
         assert 0 <= flags < 256
         assert size >= (20 if len(src) == 4 else 40), "IP-layer bytes below the IP header's size"
         assert start <= pay <= end <= stop, "payload span outside the frame"
-        outcomes.append((vlan, proto, src, dst, sport, dport, size, flags, pay - start, end - start))
+        assert start <= l4 <= pay, "transport header outside the frame or after the payload"
+        outcomes.append(
+            (vlan, proto, src, dst, sport, dport, size, flags, pay - start, end - start, l4 - start)
+        )
     assert outcomes[0] == outcomes[1], "the bytes around a frame changed its dissection"
 
 
