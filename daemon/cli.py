@@ -58,16 +58,21 @@ class Replay:
     pipeline: Pipeline
     table: FlowTable
     summary: Summary
+    geo_ready: bool = False
 
     @classmethod
-    def build(cls, config: Config, sinks: Sequence[Any] = ()) -> Replay:
+    def build(
+        cls, config: Config, sinks: Sequence[Any] = (), geo: GeoDatabases | None = None
+    ) -> Replay:
+        """Wire a replay; `geo`, when given, is a started GeoDatabases to share (tests)."""
         registry = CollectorRegistry()
         metrics = Metrics(registry)
-        geo = GeoDatabases(geo_config(config))
+        geo_ready = geo is not None
+        geo = geo if geo is not None else GeoDatabases(geo_config(config))
         summary = Summary()
         pipeline = Pipeline([geo_stage(geo)], metrics, [summary, *sinks])
         table = FlowTable(config.flows, pipeline.on_close, pipeline.on_update)
-        replay = cls(config, registry, metrics, geo, pipeline, table, summary)
+        replay = cls(config, registry, metrics, geo, pipeline, table, summary, geo_ready)
         registry.register(
             DaemonCollector(
                 table_stats=lambda: (
@@ -91,7 +96,9 @@ class Replay:
 
     def run(self, capture: CaptureFile) -> None:
         """Ingest the whole capture, then end every flow. Raises CaptureFormatError, OSError."""
-        self.geo.start()
+        if not self.geo_ready:
+            self.geo.start()
+            self.geo_ready = True
         try:
             self.table.ingest_batches(capture.batches())
         finally:

@@ -11,11 +11,12 @@ Two differences in what is counted are computed here independently, with scapy, 
 - nDPI counts frame bytes, douane IP-layer bytes: each frame's link-layer overhead (its header,
   Ethernet 14 + 4 per VLAN tag, cooked 16/20, and any trailer such as Ethernet padding) is removed.
 
-Each pcap costs one `Replay` (about 0.5 s of it is the geo databases' start).
+Each pcap is replayed once per session; the geo databases are started once and shared.
 """
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import os
@@ -30,9 +31,10 @@ from scapy.layers.inet6 import IPv6, IPv6ExtHdrFragment
 from scapy.layers.l2 import Dot1Q
 from scapy.utils import PcapReader
 
-from douane.daemon.cli import Replay
+from douane.daemon.cli import Replay, geo_config
 from douane.daemon.config import Config
 from douane.daemon.pcapfile import open_capture
+from douane.geo.lookup import GeoDatabases
 
 ENV = "DOUANE_CORPUS"
 DEFAULT = Path(__file__).resolve().parents[2].parent / "shared" / "corpus"
@@ -124,11 +126,26 @@ class FrameFacts:
             self.link_overhead[key, src] += wirelen - ip_bytes
 
 
+@functools.cache
+def shared_geo() -> GeoDatabases:
+    """One started set of geo databases for every capture (starting them costs about 0.5 s)."""
+    geo = GeoDatabases(geo_config(Config()))
+    geo.start()
+    return geo
+
+
+@functools.cache
+def douane_records(path: Path) -> tuple[dict[str, Any], ...]:
+    """douane's flow records for a capture, replayed once per test session."""
+    records: list[dict[str, Any]] = []
+    replay = Replay.build(Config(), [records.append], geo=shared_geo())
+    replay.run(open_capture(path))
+    return tuple(records)
+
+
 def douane_flows(path: Path) -> dict[FlowKey, dict[Endpoint, list[int]]]:
     """douane's packets and bytes per flow key and sending endpoint, summed over its flows."""
-    records: list[dict[str, Any]] = []
-    replay = Replay.build(Config(), [records.append])
-    replay.run(open_capture(path))
+    records = douane_records(path)
     sums: dict[FlowKey, dict[Endpoint, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0]))
     for rec in records:
         if rec["proto"] not in ("tcp", "udp"):
