@@ -60,6 +60,17 @@ class GeoFiles:
 
 
 @dataclass(frozen=True)
+class IdentifyConfig:
+    """Bounds of per-flow inspection for identity (YAML section `identify`)."""
+
+    dns_cache_size: int = 100_000  # addresses remembered with the names clients were given
+    stream_bytes: int = 16 * 1024  # a direction's first bytes reassembled for TLS/HTTP
+    payload_packets: int = 12  # payload packets looked at per direction before giving up
+    quic_datagrams: int = 8  # client Initial datagrams looked at (a ClientHello may span several)
+    dns_messages: int = 10_000  # DNS messages parsed per flow (a resolver reuses its 5-tuple)
+
+
+@dataclass(frozen=True)
 class Config:
     source: str = "<defaults>"
     capture: CaptureConfig = field(default_factory=CaptureConfig)
@@ -70,6 +81,7 @@ class Config:
     evidence_path: Path | None = None
     pseudonymise_internal_addresses: bool = True
     geo: GeoFiles = field(default_factory=GeoFiles)
+    identify: IdentifyConfig = field(default_factory=IdentifyConfig)
     log_level: str = "info"
     log_format: str = "auto"
 
@@ -186,7 +198,7 @@ def parse_config(data: Any, source: str) -> Config:
     r = _Reader(source)
     top = r.mapping(data, "")
     r.no_extra(top, "", {"capture", "networks", "zones", "policy", "exporter", "evidence",
-                         "privacy", "flows", "geo", "logging"})
+                         "privacy", "flows", "geo", "identify", "logging"})
 
     cap = r.mapping(top.get("capture"), "capture")
     r.no_extra(cap, "capture", {"interface", "pcap", "bpf"})
@@ -244,6 +256,13 @@ def parse_config(data: Any, source: str) -> Config:
     r.no_extra(priv, "privacy", {"pseudonymise_internal_addresses"})
     g = r.mapping(top.get("geo"), "geo")
     r.no_extra(g, "geo", {"country_db", "asn_db", "as_names", "cache_size"})
+    ident = r.mapping(top.get("identify"), "identify")
+    idef = IdentifyConfig()
+    r.no_extra(ident, "identify", set(IdentifyConfig.__dataclass_fields__))
+    identify = IdentifyConfig(**{
+        name: r.take(ident, "identify", name, _positive_int, getattr(idef, name))
+        for name in IdentifyConfig.__dataclass_fields__
+    })
     lg = r.mapping(top.get("logging"), "logging")
     r.no_extra(lg, "logging", {"level", "format"})
 
@@ -264,6 +283,7 @@ def parse_config(data: Any, source: str) -> Config:
             as_names=r.take(g, "geo", "as_names", _path, None),
             cache_size=r.take(g, "geo", "cache_size", _positive_int, 65536),
         ),
+        identify=identify,
         log_level=r.take(lg, "logging", "level", _choice("debug", "info", "warning", "error"),
                          "info"),
         log_format=r.take(lg, "logging", "format", _choice("auto", "json", "console"), "auto"),

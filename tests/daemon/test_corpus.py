@@ -236,3 +236,58 @@ class TestCorpusIndex:
         facts = FrameFacts(path)
         assert sum(facts.nonfirst_packets.values()) > 0
         assert facts.unmatched_fragments == 0
+
+
+# nDPI's hostname kinds and the hostname_source douane gives the same name. gQUIC (Q0xx/T0xx) carries
+# its name in an unencrypted CHLO that douane does not parse (README: left out on purpose).
+KINDS = {"tls_sni": "tls_sni", "quic_sni": "quic_sni", "http_host": "http_host", "dns_query": "dns"}
+LEFT_OUT_QUIC = {"gquic"}
+HOSTNAME_TARGET = 0.95
+
+
+def expected_named_flows() -> list[dict[str, Any]]:
+    assert CORPUS is not None
+    with (CORPUS / "expected.jsonl").open(encoding="utf-8") as fh:
+        rows = [json.loads(line) for line in fh if line.strip()]
+    return [
+        r for r in rows
+        if r["proto"] in ("tcp", "udp") and r.get("hostname") and r.get("hostname_kind") in KINDS
+        and r.get("quic_family") not in LEFT_OUT_QUIC
+    ]
+
+
+class TestCorpusHostnames:
+    """Identity on real captures: the hostname douane reports against nDPI's (issue 3)."""
+
+    def test_hostnames_match(self) -> None:
+        """At least 95 % of the flows nDPI names by SNI, Host, DNS or QUIC get the same name from douane."""
+        if CORPUS is None:
+            if os.environ.get(ENV):
+                pytest.fail(f"${ENV} is set but {WHERE}")
+            pytest.skip(WHERE)
+        expected = expected_named_flows()
+        assert len(expected) > 250, "the corpus lost its named flows"
+        misses = []
+        for exp in expected:
+            src = endpoint(exp["src"], exp["sport"])
+            dst = endpoint(exp["dst"], exp["dport"])
+            key = flow_key(exp["vlan"], exp["proto"], src, dst)
+            ours = [
+                rec for rec in douane_records(CORPUS / "pcap" / exp["pcap"])
+                if rec["proto"] == exp["proto"]
+                and flow_key(rec["vlan"], rec["proto"], endpoint(rec["src"], rec["sport"]),
+                             endpoint(rec["dst"], rec["dport"])) == key
+            ]
+            names = {(rec["hostname"], rec["hostname_source"]) for rec in ours}
+            want = (exp["hostname"].lower(), KINDS[exp["hostname_kind"]])
+            if want not in names:
+                misses.append(
+                    f"{exp['pcap']} #{exp['ndpi_flow_index']} {exp['hostname_kind']}: nDPI "
+                    f"{exp['hostname']!r}, douane {sorted(names, key=str)}"
+                    + (f" ({exp['note']})" if exp.get("note") else "")
+                )
+        rate = 1 - len(misses) / len(expected)
+        print(f"\nhostnames: {len(expected) - len(misses)}/{len(expected)} match ({rate:.1%}); misses:")
+        for miss in misses:
+            print("  " + miss)
+        assert rate >= HOSTNAME_TARGET, f"{rate:.1%} < {HOSTNAME_TARGET:.0%}:\n" + "\n".join(misses)
