@@ -265,7 +265,7 @@ class TestCorpusHostnames:
             if os.environ.get(ENV):
                 pytest.fail(f"${ENV} is set but {WHERE}")
             pytest.skip(WHERE)
-        if Replay.build(Config(), geo=shared_geo()).table._inspector is None:  # noqa: SLF001
+        if Replay.build(Config(), geo=shared_geo()).table._inspector is None:
             pytest.skip("identification not wired yet (issue 3 in progress)")
         expected = expected_named_flows()
         assert len(expected) > 250, "the corpus lost its named flows"
