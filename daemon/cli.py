@@ -25,7 +25,9 @@ from douane.daemon.metrics import DaemonCollector, GeoDatabaseStatus, Metrics
 from douane.daemon.pcapfile import CaptureFile, CaptureFormatError, open_capture
 from douane.daemon.pipeline import Pipeline, Record, geo_stage
 from douane.daemon.summary import Summary
+from douane.geo.jurisdiction import load_jurisdictions, make_jurisdiction_stage
 from douane.geo.lookup import ATTRIBUTION, GeoConfig, GeoDatabases
+from douane.geo.state import ResolvedFiles, resolve_files
 
 EXIT_OK = 0
 EXIT_PROBLEM = 1  # the command ran and found something wrong (check, unreadable part of a capture)
@@ -34,10 +36,17 @@ EXIT_USAGE = 2  # bad arguments, configuration or input file
 log = structlog.get_logger("douane")
 
 
-def geo_config(config: Config) -> GeoConfig:
+def geo_files(config: Config) -> ResolvedFiles:
+    """Configured files first, then those `douane update-db` put in the state directory."""
     g = config.geo
+    return resolve_files(g.country_db, g.asn_db, g.as_names, g.ranges_dir, g.state_dir)
+
+
+def geo_config(config: Config) -> GeoConfig:
+    files = geo_files(config)
     return GeoConfig(
-        country_db=g.country_db, asn_db=g.asn_db, as_names=g.as_names, cache_size=g.cache_size
+        country_db=files.country_db, asn_db=files.asn_db, as_names=files.as_names,
+        cache_size=config.geo.cache_size,
     )
 
 
@@ -66,11 +75,13 @@ class Replay:
     ) -> Replay:
         """Wire a replay; `geo`, when given, is a started GeoDatabases to share (tests)."""
         registry = CollectorRegistry()
-        metrics = Metrics(registry)
+        jurisdictions = load_jurisdictions(geo_files(config).ranges_dir, config.geo.cache_size)
+        metrics = Metrics(registry, jurisdictions.provider_labels)
         geo_ready = geo is not None
         geo = geo if geo is not None else GeoDatabases(geo_config(config))
         summary = Summary()
-        pipeline = Pipeline([geo_stage(geo)], metrics, [summary, *sinks])
+        stages = [geo_stage(geo), make_jurisdiction_stage(jurisdictions)]
+        pipeline = Pipeline(stages, metrics, [summary, *sinks])
         table = FlowTable(config.flows, pipeline.on_close, pipeline.on_update)
         replay = cls(config, registry, metrics, geo, pipeline, table, summary, geo_ready)
         registry.register(

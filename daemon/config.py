@@ -57,6 +57,11 @@ class GeoFiles:
     asn_db: Path | None = None
     as_names: Path | None = None
     cache_size: int = 65536
+    # Published cloud range files (AWS, Azure, Google, Oracle, Cloudflare); None: the state
+    # directory's `ranges/` when `douane update-db` filled it, else no ranges.
+    ranges_dir: Path | None = None
+    # Where `douane update-db` swaps in fresh databases, preferred over the embedded ones.
+    state_dir: Path = Path("/var/lib/douane/geo")
 
 
 @dataclass(frozen=True)
@@ -255,7 +260,8 @@ def parse_config(data: Any, source: str) -> Config:
     priv = r.mapping(top.get("privacy"), "privacy")
     r.no_extra(priv, "privacy", {"pseudonymise_internal_addresses"})
     g = r.mapping(top.get("geo"), "geo")
-    r.no_extra(g, "geo", {"country_db", "asn_db", "as_names", "cache_size"})
+    r.no_extra(g, "geo", {"country_db", "asn_db", "as_names", "cache_size", "ranges_dir",
+                          "state_dir"})
     ident = r.mapping(top.get("identify"), "identify")
     idef = IdentifyConfig()
     r.no_extra(ident, "identify", set(IdentifyConfig.__dataclass_fields__))
@@ -282,6 +288,8 @@ def parse_config(data: Any, source: str) -> Config:
             asn_db=r.take(g, "geo", "asn_db", _path, None),
             as_names=r.take(g, "geo", "as_names", _path, None),
             cache_size=r.take(g, "geo", "cache_size", _positive_int, 65536),
+            ranges_dir=r.take(g, "geo", "ranges_dir", _path, None),
+            state_dir=r.take(g, "geo", "state_dir", _path, GeoFiles.state_dir),
         ),
         identify=identify,
         log_level=r.take(lg, "logging", "level", _choice("debug", "info", "warning", "error"),

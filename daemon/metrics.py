@@ -19,6 +19,7 @@ from prometheus_client.registry import Collector
 from douane.daemon import __version__
 
 UNKNOWN = "unknown"
+OTHER = "other"  # a provider the registry does not list (geo/providers.py)
 DATA_CATEGORIES = ("health", "school", "personal", UNKNOWN)
 JURISDICTIONS = ("eu", "us", "cn", "ru", "third", UNKNOWN)
 LOCATION_ZONES = ("eea", "adequate", "third", UNKNOWN)
@@ -159,8 +160,15 @@ class TopCollector(Collector):
 class Metrics:
     """The labelled metrics douane updates per flow; declared on a registry passed in."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, providers: Iterable[str] = ()) -> None:
+        """Declare the metrics on `registry`.
+
+        Args:
+            providers: the registry's provider slugs; with `other` and `unknown` they are the only
+                values the `provider` label takes (anything else counts as `unknown`).
+        """
         self.registry = registry
+        self.providers = frozenset(providers) | {OTHER, UNKNOWN}
         self.egress_bytes = Counter(
             "douane_egress_bytes",
             "IP-layer bytes sent by an internal endpoint to an external one.",

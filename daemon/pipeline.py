@@ -168,7 +168,8 @@ class Pipeline:
             bounded(record["jurisdiction"], JURISDICTIONS),
             bounded(record["location_zone"], LOCATION_ZONES),
             country_label(record["location_country"]),
-            record["provider"] or UNKNOWN,
+            # Bounded by the registry's slugs (Metrics.providers); the record keeps the real slug.
+            bounded(record["provider"], self.metrics.providers),
         )
         m = self.metrics
         children = self._children

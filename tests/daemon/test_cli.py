@@ -73,7 +73,11 @@ class TestReplayJson:
         assert flow["start"] == "2026-11-28T10:00:01.000Z"
         # 3 handshake, hello, 43 segments of upload (60,000 / 1,400 rounded up), FIN, last ACK.
         assert flow["packets_out"] == 3 - 1 + 1 + 43 + 2
-        assert flow["jurisdiction"] == "unknown" and flow["exposure"] == []
+        # Microsoft's Paris region: an EEA location under a US controller (issue 4).
+        assert (flow["provider"], flow["controller_country"], flow["controller_zone"]) == (
+            "microsoft", "US", "third")
+        assert flow["exposure"] == ["us-cloud-act", "us-fisa-702"]
+        assert flow["jurisdiction"] == "us"
         assert flow["data_categories"] == {}
 
     def test_inbound_and_vlan(self, records: list[dict[str, object]]) -> None:
@@ -83,6 +87,22 @@ class TestReplayJson:
         assert inbound["asn"] is None and inbound["location_zone"] == "unknown"
         tagged = [r for r in records if r["vlan"] == 30]
         assert {r["dst"] for r in tagged} == {"142.250.179.110", "51.178.64.10"}
+
+    def test_every_jurisdiction_field_filled(self, records: list[dict[str, object]]) -> None:
+        """Every flow with a remote AS has provider, controller, zone and jurisdiction decided."""
+        expected = {
+            "20.199.120.7": ("microsoft", "us"),
+            "142.250.179.110": ("google", "us"),
+            "51.178.64.10": ("ovhcloud", "eu"),
+            "2a01:4f8::1": ("hetzner", "eu"),
+        }
+        for record in records:
+            if record["asn"] is None:
+                continue
+            assert record["provider"] and record["controller_country"]
+            assert record["controller_zone"] != "unknown" and record["jurisdiction"] != "unknown"
+            if record["dst"] in expected:
+                assert (record["provider"], record["jurisdiction"]) == expected[str(record["dst"])]
 
     def test_ipv6_flow(self, records: list[dict[str, object]]) -> None:
         """The IPv6 flow to Hetzner is found with RFC 5952 addresses."""

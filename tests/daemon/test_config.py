@@ -40,6 +40,13 @@ class TestExamples:
         assert config.exporter_listen == "127.0.0.1:9742"
         assert config.geo.country_db is None
 
+    def test_geo_folders(self) -> None:
+        """geo.ranges_dir and geo.state_dir are read; the state directory has a default."""
+        assert Config().geo.state_dir == Path("/var/lib/douane/geo")
+        assert Config().geo.ranges_dir is None
+        config = parse_config({"geo": {"ranges_dir": "/srv/ranges", "state_dir": "/srv/state"}}, "t")
+        assert (config.geo.ranges_dir, config.geo.state_dir) == (Path("/srv/ranges"), Path("/srv/state"))
+
     def test_no_file_means_defaults(self) -> None:
         """Without a file, the defaults written in code apply."""
         assert load_config(None) == Config()
@@ -63,6 +70,8 @@ class TestErrors:
             ("privacy:\n  pseudonymise_internal_addresses: maybe\n",
              "privacy.pseudonymise_internal_addresses", "true or false"),
             ("flows: [1, 2]\n", "flows", "mapping"),
+            ("geo:\n  ranges_dir: 3\n", "geo.ranges_dir", "a file path"),
+            ("geo:\n  state_dir: ''\n", "geo.state_dir", "a file path"),
         ],
     )
     def test_bad_value_is_named(self, tmp_path: Path, yaml_text: str, key: str, expected: str) -> None:

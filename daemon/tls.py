@@ -1,0 +1,266 @@
+"""TLS ClientHello: the server name a client asks for, from a TCP stream or a QUIC CRYPTO stream.
+
+The dissectors here follow the contract of STYLE.md: they return a `ClientHello`, return None when
+more bytes are needed, or raise `MalformedPacket` (reason "malformed"). Nothing else escapes. Every
+length read from the wire is checked against the limit of RFC 8446 (TLS 1.3, whose ClientHello
+layout is that of TLS 1.0-1.2 plus extensions) and against `MAX_CLIENT_HELLO`, the most douane
+reassembles.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from douane.daemon.hostname import clean_hostname
+from douane.daemon.wire import Reader, malformed
+
+# The most handshake bytes douane buffers for one ClientHello. RFC 8446 4 allows a handshake
+# message of 2^24-1 bytes; real ones are 200 bytes to about 2 KiB, up to some 10 KiB with
+# post-quantum key shares and many extensions. Beyond this bound, the flow is not worth the memory.
+MAX_CLIENT_HELLO = 64 * 1024
+
+HANDSHAKE_CLIENT_HELLO = 1  # RFC 8446 4: HandshakeType client_hello(1)
+CONTENT_HANDSHAKE = 22  # RFC 8446 5.1: ContentType handshake(22)
+MAX_RECORD = 1 << 14  # RFC 8446 5.1: TLSPlaintext.length MUST NOT exceed 2^14 bytes
+
+EXT_SERVER_NAME = 0  # RFC 6066 3
+EXT_ALPN = 16  # RFC 7301 3.1
+EXT_SUPPORTED_VERSIONS = 43  # RFC 8446 4.2.1
+EXT_ECH = 0xFE0D  # draft-ietf-tls-esni (encrypted_client_hello), since draft 13
+NAME_TYPE_HOST = 0  # RFC 6066 3: NameType host_name(0)
+
+
+@dataclass(frozen=True, slots=True)
+class ClientHello:
+    """What douane keeps of a ClientHello.
+
+    Attributes:
+        sni: the server_name host_name, cleaned by `clean_hostname` (None if absent or invalid).
+        ech: the encrypted_client_hello extension is present; `sni` is then the outer (public)
+            name, not the one the client really wants.
+        alpn: the offered application protocols, in order, printable ASCII ones only.
+        version: the highest version offered: the largest non-GREASE supported_versions entry,
+            else legacy_version (0x0303 is TLS 1.2, 0x0304 TLS 1.3).
+    """
+
+    sni: str | None
+    ech: bool
+    alpn: tuple[str, ...]
+    version: int
+
+
+def _grease(value: int) -> bool:
+    """RFC 8701 2: GREASE values are 0x0A0A, 0x1A1A, ... 0xFAFA."""
+    return (value & 0x0F0F) == 0x0A0A and (value >> 8) == (value & 0xFF)
+
+
+def looks_like_tls(first: bytes) -> bool:
+    """Whether a stream's first bytes can start a TLS handshake record.
+
+    Checks the record header (type 22, version 3.0 to 3.4) and, when present, the handshake type
+    (client_hello). True on a prefix that agrees so far (one or two bytes); the parser decides.
+    """
+    n = len(first)
+    if n == 0 or first[0] != CONTENT_HANDSHAKE:
+        return False
+    if n > 1 and first[1] != 3:
+        return False
+    if n > 2 and first[2] > 4:
+        return False
+    return not (n > 5 and first[5] != HANDSHAKE_CLIENT_HELLO)
+
+
+def parse_client_hello(handshake: bytes) -> ClientHello | None:
+    """Parse a ClientHello from handshake-layer bytes (what QUIC CRYPTO frames carry).
+
+    Args:
+        handshake: bytes starting at the Handshake header (type 1, 24-bit length); bytes after
+            the message are ignored.
+
+    Returns:
+        The ClientHello, or None when `handshake` holds only part of the message.
+
+    Raises:
+        MalformedPacket: not a ClientHello, a length beyond its limit or its enclosing structure,
+            a duplicated extension that douane reads.
+    """
+    n = len(handshake)
+    if n < 4:
+        if n and handshake[0] != HANDSHAKE_CLIENT_HELLO:
+            raise malformed("tls handshake type")
+        return None
+    r = Reader(handshake)
+    if r.u8() != HANDSHAKE_CLIENT_HELLO:
+        raise malformed("tls handshake type")
+    length = r.u24()
+    if length > MAX_CLIENT_HELLO:
+        raise malformed("tls client hello too long")
+    if r.left() < length:
+        return None
+    return _client_hello_body(r.sub(length))
+
+
+def _client_hello_body(r: Reader) -> ClientHello:
+    # RFC 8446 4.1.2 ClientHello.
+    legacy_version = r.u16()
+    if legacy_version >> 8 != 3:
+        raise malformed("tls client hello version")
+    r.skip(32)  # random
+    session_id = r.u8()
+    if session_id > 32:  # legacy_session_id<0..32>
+        raise malformed("tls session id length")
+    r.skip(session_id)
+    suites = r.u16()  # cipher_suites<2..2^16-2>, two bytes each
+    if suites < 2 or suites & 1:
+        raise malformed("tls cipher suites length")
+    r.skip(suites)
+    compressions = r.u8()  # legacy_compression_methods<1..2^8-1>
+    if compressions < 1:
+        raise malformed("tls compression methods length")
+    r.skip(compressions)
+    sni: str | None = None
+    ech = False
+    alpn: tuple[str, ...] = ()
+    version = legacy_version
+    if r.left() == 0:
+        # TLS 1.0-1.2 (RFC 5246 7.4.1.2): the extensions block may be absent altogether.
+        return ClientHello(None, False, (), version)
+    ext_len = r.u16()  # extensions<8..2^16-1> in TLS 1.3; any length in TLS 1.2
+    if ext_len != r.left():
+        raise malformed("tls extensions length")
+    exts = r.sub(ext_len)
+    seen: set[int] = set()
+    while exts.left():
+        ext_type = exts.u16()
+        body = exts.sub(exts.u16())  # extension_data<0..2^16-1>
+        # RFC 8446 4.2: "There MUST NOT be more than one extension of the same type".
+        if ext_type in seen:
+            raise malformed("tls duplicate extension")
+        seen.add(ext_type)
+        if ext_type == EXT_SERVER_NAME:
+            sni = _server_name(body)
+        elif ext_type == EXT_ALPN:
+            alpn = _alpn(body)
+        elif ext_type == EXT_SUPPORTED_VERSIONS:
+            version = _supported_versions(body, legacy_version)
+        elif ext_type == EXT_ECH:
+            ech = True
+    return ClientHello(sni, ech, alpn, version)
+
+
+def _server_name(r: Reader) -> str | None:
+    """RFC 6066 3: ServerNameList server_name_list<1..2^16-1>; the first host_name wins."""
+    if r.left() == 0:
+        # A server echoes an empty server_name; a client may not, but it says nothing either.
+        return None
+    names = r.sub(r.u16())
+    if r.left():
+        raise malformed("tls server name list length")
+    while names.left():
+        name_type = names.u8()
+        name = names.take(names.u16())  # HostName<1..2^16-1>
+        if name_type == NAME_TYPE_HOST:
+            return clean_hostname(name)
+    return None
+
+
+def _alpn(r: Reader) -> tuple[str, ...]:
+    """RFC 7301 3.1: ProtocolNameList protocol_name_list<2..2^16-1>, ProtocolName<1..2^8-1>."""
+    names = r.sub(r.u16())
+    if r.left():
+        raise malformed("tls alpn list length")
+    out = []
+    while names.left():
+        size = names.u8()
+        if size == 0:
+            raise malformed("tls empty alpn name")
+        name = names.take(size)
+        # Opaque bytes on the wire: keep only names that are safe to log (GREASE ALPN values,
+        # RFC 8701, and binary junk are dropped).
+        if all(0x21 <= c <= 0x7E for c in name):
+            out.append(name.decode("ascii"))
+    return tuple(out)
+
+
+def _supported_versions(r: Reader, legacy_version: int) -> int:
+    """RFC 8446 4.2.1: ProtocolVersion versions<2..254> in a ClientHello."""
+    size = r.u8()
+    if size < 2 or size & 1 or size != r.left():
+        raise malformed("tls supported versions length")
+    best = 0
+    for _ in range(size // 2):
+        v = r.u16()
+        if not _grease(v) and v > best:
+            best = v
+    return best or legacy_version
+
+
+def parse_tls_stream(stream: bytes) -> ClientHello | None:
+    """Parse the ClientHello at the start of a TCP client's byte stream.
+
+    The ClientHello may span several TLS records (RFC 8446 5.1: handshake messages may be
+    fragmented across records) and, below them, any number of TCP segments: the caller hands the
+    stream's reassembled first bytes and calls again with more when this returns None.
+
+    Args:
+        stream: the client's first bytes, from the first record header on.
+
+    Returns:
+        The ClientHello, or None when more bytes are needed.
+
+    Raises:
+        MalformedPacket: not a TLS handshake record, a record longer than 2^14 or empty, a record
+            of another type before the ClientHello is complete, a ClientHello beyond
+            `MAX_CLIENT_HELLO`, or a malformed ClientHello.
+    """
+    pos = 0
+    n = len(stream)
+    fragments: list[bytes] = []
+    have = 0
+    need = -1  # handshake bytes needed (4 + length), once the header is known
+    while True:
+        if n - pos < 5:
+            if not looks_like_tls(stream[pos:]) and pos < n:
+                raise malformed("tls record header")
+            return None
+        ctype = stream[pos]
+        major = stream[pos + 1]
+        minor = stream[pos + 2]
+        length = (stream[pos + 3] << 8) | stream[pos + 4]
+        if ctype != CONTENT_HANDSHAKE:
+            raise malformed("tls record type")
+        if major != 3 or minor > 4:  # SSL 3.0 to TLS 1.3 record versions (0x0300..0x0304)
+            raise malformed("tls record version")
+        if length == 0:
+            # RFC 8446 5.1: zero-length fragments of Handshake MUST NOT be sent.
+            raise malformed("tls empty handshake record")
+        if length > MAX_RECORD:
+            raise malformed("tls record too long")
+        start = pos + 5
+        end = start + length
+        if end > n:
+            # A partial record still lets the handshake header be checked early.
+            fragments.append(stream[start:n])
+            if need < 0:
+                _check_header(b"".join(fragments))
+            return None
+        fragments.append(stream[start:end])
+        have += length
+        pos = end
+        if need < 0 and have >= 4:
+            head = _check_header(b"".join(fragments))
+            need = 4 + head
+        if need >= 0 and have >= need:
+            return parse_client_hello(b"".join(fragments))
+
+
+def _check_header(handshake: bytes) -> int:
+    """The ClientHello length from a handshake header, checked; -1 with fewer than 4 bytes."""
+    if handshake and handshake[0] != HANDSHAKE_CLIENT_HELLO:
+        raise malformed("tls handshake type")
+    if len(handshake) < 4:
+        return -1
+    length = (handshake[1] << 16) | (handshake[2] << 8) | handshake[3]
+    if length > MAX_CLIENT_HELLO:
+        raise malformed("tls client hello too long")
+    return length
