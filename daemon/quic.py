@@ -20,6 +20,7 @@ supported version, or raises `MalformedPacket` (reason "malformed"). Nothing els
 from __future__ import annotations
 
 import hmac
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -92,6 +93,7 @@ FRAME_ACK = 0x02
 FRAME_ACK_ECN = 0x03
 FRAME_CLOSE = 0x1C
 FRAME_CLOSE_APP = 0x1D  # not allowed in Initial, but tolerated as harmless
+_NONZERO = re.compile(rb"[^\x00]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,11 +259,9 @@ def _crypto_frames(payload: bytes, crypto_frame: int) -> tuple[tuple[int, bytes]
     while r.pos < n:
         ftype = r.varint()
         if ftype == FRAME_PADDING:
-            # Runs of PADDING are common (a client pads to 1200 bytes): skip them in one step.
-            pos = r.pos
-            while pos < n and payload[pos] == 0:
-                pos += 1
-            r.pos = pos
+            # Runs of PADDING are common (a client pads to 1200 bytes): skip them in one C call.
+            nonzero = _NONZERO.search(payload, r.pos)
+            r.pos = n if nonzero is None else nonzero.start()
         elif ftype == crypto_frame:
             offset = r.varint()
             data = r.take(r.varint())
