@@ -112,6 +112,25 @@ def geo_stage(geo: GeoLookup) -> Stage:
     return stage
 
 
+class ServiceMatcher(Protocol):
+    def match(self, hostname: str) -> Any: ...
+
+
+def service_stage(catalogue: ServiceMatcher) -> Stage:
+    """Fills `service` from the flow's hostname and the catalogue of domains (geo/services.yaml)."""
+
+    def stage(record: Record) -> Record:
+        hostname = record["hostname"]
+        # A DNS question says what a client asked a resolver, not where this flow goes.
+        if hostname and record["hostname_source"] != "dns_query":
+            service = catalogue.match(hostname)
+            if service is not None:
+                record["service"] = service.slug
+        return record
+
+    return stage
+
+
 class Pipeline:
     """Declares flows: builds the record, runs the stages, moves the metrics, calls the sinks."""
 
