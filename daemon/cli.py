@@ -6,6 +6,7 @@ import argparse
 import json
 import signal
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -19,6 +20,7 @@ from prometheus_client import CollectorRegistry, generate_latest, start_http_ser
 
 from douane.daemon import __version__
 from douane.daemon.config import Config, ConfigError, load_config
+from douane.daemon.explain import run_lookup
 from douane.daemon.flows import FlowTable
 from douane.daemon.logsetup import configure_logging
 from douane.daemon.metrics import DaemonCollector, GeoDatabaseStatus, Metrics
@@ -28,6 +30,7 @@ from douane.daemon.summary import Summary
 from douane.geo.jurisdiction import load_jurisdictions, make_jurisdiction_stage
 from douane.geo.lookup import ATTRIBUTION, GeoConfig, GeoDatabases
 from douane.geo.state import ResolvedFiles, resolve_files
+from douane.geo.update import fetch_sources, update_from
 
 EXIT_OK = 0
 EXIT_PROBLEM = 1  # the command ran and found something wrong (check, unreadable part of a capture)
@@ -231,36 +234,37 @@ def cmd_lookup(args: argparse.Namespace) -> int:
     configure_logging("warning", config.log_format)
     geo = GeoDatabases(geo_config(config))
     geo.start()
-    databases = {
-        db.name: {
-            "path": db.path,
-            "built": db.build_time.date().isoformat() if db.build_time else None,
-            "error": db.error,
-        }
-        for db in geo.databases()
-    }
-    for address in args.addresses:
-        answer = geo.lookup(address)
-        entry = {
-            "address": address,
-            "asn": answer.asn,
-            "as_name": answer.as_name,
-            "location_country": answer.location_country,
-            "location_zone": answer.location_zone,
-        }
-        if args.json:
-            print(json.dumps({**entry, "databases": databases}, ensure_ascii=False))
-            continue
-        asn = f"AS{answer.asn} {answer.as_name or ''}".rstrip() if answer.asn else "unknown"
-        print(address)
-        print(f"  asn:      {asn}")
-        print(f"  country:  {answer.location_country or 'unknown'}")
-        print(f"  zone:     {answer.location_zone}")
-    if not args.json:
-        print("answered by:")
-        for name, db in databases.items():
-            state = f"error: {db['error']}" if db["error"] else f"built {db['built'] or '?'}"
-            print(f"  {name}: {db['path']} ({state})")
+    engine = load_jurisdictions(geo_files(config).ranges_dir, config.geo.cache_size)
+    run_lookup(args.addresses, geo, engine, args.json, sys.stdout)
+    return EXIT_OK
+
+
+def cmd_update_db(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    configure_logging("warning", config.log_format)
+    state_dir = Path(args.state_dir) if args.state_dir else config.geo.state_dir
+    if args.source is not None:
+        source = Path(args.source)
+        if not source.is_dir():
+            print(f"douane update-db: {source}: not a folder", file=sys.stderr)
+            return EXIT_USAGE
+        report = update_from(source, state_dir)
+    else:
+        with tempfile.TemporaryDirectory(prefix="douane-fetch-") as folder:
+            for failure in fetch_sources(Path(folder)):
+                print(f"douane update-db: not fetched: {failure}", file=sys.stderr)
+            report = update_from(Path(folder), state_dir)
+    for line in report.ignored:
+        print(f"douane update-db: ignored {line}", file=sys.stderr)
+    for line in report.refused:
+        print(f"douane update-db: refused {line}", file=sys.stderr)
+    if not report.ok:
+        print(f"douane update-db: nothing changed in {state_dir}; the data in use stays", file=sys.stderr)
+        return EXIT_PROBLEM
+    for line in report.installed:
+        print(f"douane update-db: verified {line}")
+    print(f"douane update-db: {state_dir}/current -> {report.generation}; a running daemon picks it up "
+          "on SIGHUP")
     return EXIT_OK
 
 
@@ -270,6 +274,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     geo = GeoDatabases(geo_config(config))
     geo.start()
     problems = list(geo.problems())
+    problems += load_jurisdictions(geo_files(config).ranges_dir).problems()
     if config.capture.pcap is not None and not config.capture.pcap.is_file():
         problems.append(f"{config.source}: key 'capture.pcap': no such file {config.capture.pcap}")
     for problem in problems:
@@ -318,11 +323,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-out", metavar="PATH", help="write the Prometheus metrics at the end")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("lookup", help="ASN, AS name, country and zone of addresses")
-    p.add_argument("addresses", nargs="+", metavar="ADDRESS")
+    p = sub.add_parser("lookup", help="where an address or host name goes, who controls it, "
+                       "which laws reach it, and why")
+    p.add_argument("addresses", nargs="+", metavar="ADDRESS|HOSTNAME")
     add_config(p)
     p.add_argument("--json", action="store_true", help="one JSON object per address")
     p.set_defaults(func=cmd_lookup)
+
+    p = sub.add_parser("update-db", help="fetch (or take --from DIR) fresh geo data, verify it and "
+                       "swap it into the state directory")
+    p.add_argument("--from", dest="source", metavar="DIR",
+                   help="use the files in DIR (copied by hand) instead of downloading")
+    p.add_argument("--state-dir", metavar="DIR", help="instead of geo.state_dir")
+    add_config(p)
+    p.set_defaults(func=cmd_update_db)
 
     p = sub.add_parser("check", help="validate the configuration and the databases")
     add_config(p)

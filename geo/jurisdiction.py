@@ -32,6 +32,7 @@ Every answer carries its evidence (which database, range file, registry entry an
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import ipaddress
 import re
@@ -50,6 +51,7 @@ from douane.geo.ranges import (
     default_regions,
     load_ranges_dir,
 )
+from douane.geo.services import ServicesError, default_catalogue
 from douane.geo.zones import ADEQUATE, EEA, UNKNOWN, Zone, Zones, default_zones
 
 JURISDICTION_ORDER: tuple[str, ...] = ("eu", "unknown", "third", "us", "ru", "cn")
@@ -296,7 +298,8 @@ class Jurisdictions:
 
 
 def load_jurisdictions(ranges_dir: Path | None = None, cache_size: int = 65536) -> Jurisdictions:
-    """Build the engine from the shipped registry, regions and zones and a folder of range files.
+    """Build the engine from the shipped registry, regions, zones and service catalogue, and a
+    folder of range files.
 
     Reads files (the ranges folder): call it at start-up and again to reload (SIGHUP). A bad range
     file is reported by `problems()` and skipped; a bad shipped table raises (a packaging error).
@@ -305,9 +308,14 @@ def load_jurisdictions(ranges_dir: Path | None = None, cache_size: int = 65536) 
     ranges: list[CloudRange] = []
     if ranges_dir is not None:
         files, ranges = load_ranges_dir(ranges_dir)
+    registry = default_registry()
+    # The catalogue names the provider of each service (geo/services.yaml): a flow's `service`
+    # can then name its controller when neither range nor AS does. A broken catalogue is
+    # reported by the identity stage, which loads the same file.
+    with contextlib.suppress(ServicesError):
+        registry = registry.with_services({s.slug: s.provider for s in default_catalogue()})
     return Jurisdictions(
-        default_registry(), RangeTable(ranges), default_regions(), default_zones(),
-        tuple(files), cache_size,
+        registry, RangeTable(ranges), default_regions(), default_zones(), tuple(files), cache_size,
     )
 
 

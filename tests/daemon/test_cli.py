@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 from douane.daemon.cli import demo_capture
 
 DOUANE = [sys.executable, "-m", "douane.daemon.cli"]
+RANGES = Path(__file__).resolve().parents[1] / "geo" / "data" / "ranges"
 
 # DESIGN.md's flow record, in its order, plus `vlan` (README: flows are keyed by VLAN too) and
 # `ech` (issue 3: the name came from an Encrypted Client Hello's outer, public name).
@@ -129,6 +131,73 @@ class TestLookup:
         assert answers[0]["location_zone"] == "third"
         assert answers[1]["asn"] is None and answers[2]["asn"] is None
         assert answers[0]["databases"]["country"]["built"].startswith("20")
+
+
+    def test_explains_azure_paris(self) -> None:
+        """An Azure Paris address is explained as US-controlled, with each answer's source."""
+        result = douane("lookup", "20.199.120.7")
+        assert result.returncode == 0, result.stderr
+        out = result.stdout
+        for line in ("location:     FR (eea)", "provider:     microsoft (Microsoft Corporation)",
+                     "controller:   US (third)", "exposure:     us-cloud-act, us-fisa-702",
+                     "jurisdiction: us", "EU-US DPF:    certified"):
+            assert line in out
+        assert "AS8075 in the registry [https://www.peeringdb.com/asn/8075]" in out
+        assert "[https://www.law.cornell.edu/uscode/text/18/2713]" in out
+        assert "provider registry: " in out and "providers.yaml" in out
+
+    def test_hostname_is_matched_not_resolved(self) -> None:
+        """A host name is matched against the registry and the catalogue, and says it is not resolved."""
+        result = douane("lookup", "--json", "console.s3ns.io", "www.ovhcloud.com", "no such!")
+        assert result.returncode == 0, result.stderr
+        s3ns, ovh, bad = (json.loads(line) for line in result.stdout.splitlines())
+        assert s3ns["kind"] == "hostname" and "not resolved" in s3ns["note"]
+        assert (s3ns["provider"], s3ns["controller_country"]) == ("s3ns", "FR")
+        assert s3ns["location_zone"] == "unknown"
+        assert ovh["provider"] == "ovhcloud"
+        assert bad["kind"] == "invalid"
+
+    def test_range_file_evidence(self, tmp_path: Path) -> None:
+        """With geo.ranges_dir, the answer names the range file, the region and its country."""
+        config = tmp_path / "douane.yaml"
+        config.write_text(f"geo:\n  ranges_dir: {RANGES}\n  state_dir: {tmp_path / 'state'}\n")
+        result = douane("lookup", "--json", "-c", str(config), "20.199.120.7")
+        assert result.returncode == 0, result.stderr
+        answer = json.loads(result.stdout)
+        assert (answer["region"], answer["range_service"]) == ("francecentral", "AzureStorage")
+        sources = [e["source"] for e in answer["evidence"] if e["field"] == "provider"]
+        assert sources[0].endswith("ServiceTags_Public_20261123.json")
+        assert len(answer["range_files"]) == 7
+
+
+class TestUpdateDb:
+    def test_from_folder_then_corrupt_refused(self, tmp_path: Path) -> None:
+        """update-db --from installs verified range files; a corrupt one later changes nothing."""
+        state = tmp_path / "state"
+        config = tmp_path / "douane.yaml"
+        config.write_text(f"geo:\n  state_dir: {state}\n")
+        incoming = tmp_path / "in"
+        shutil.copytree(RANGES, incoming)
+        result = douane("update-db", "-c", str(config), "--from", str(incoming))
+        assert result.returncode == 0, result.stderr
+        assert "verified range file ip-ranges.json: aws" in result.stdout
+        current = (state / "current").resolve()
+        lookup = douane("lookup", "--json", "-c", str(config), "35.180.1.1")
+        assert json.loads(lookup.stdout)["region"] == "eu-west-3"
+
+        (incoming / "goog.json").write_text(
+            '{"creationTime": "x", "prefixes": [{"ipv4Prefix": "8.8.8.0/33"}]}')
+        result = douane("update-db", "-c", str(config), "--from", str(incoming))
+        assert result.returncode == 1
+        assert "refused" in result.stderr and "goog.json" in result.stderr
+        assert "nothing changed" in result.stderr
+        assert (state / "current").resolve() == current
+        assert "Traceback" not in result.stderr
+
+    def test_missing_folder(self, tmp_path: Path) -> None:
+        """--from a folder that does not exist is a usage error."""
+        result = douane("update-db", "--state-dir", str(tmp_path / "s"), "--from", str(tmp_path / "nope"))
+        assert result.returncode == 2 and "not a folder" in result.stderr
 
 
 class TestCheck:
