@@ -217,8 +217,10 @@ class Identify:
             return
         initials = parse_initials(payload, state.quic_dcid)
         if not initials:
-            if state.crypto is None:
-                state.out_done = True  # not QUIC, or a version we cannot read
+            # QUIC sets the fixed bit (RFC 9000 17.2) in every packet, 0-RTT and short headers
+            # included, which may come before the Initial we want: without it, this is not QUIC.
+            if state.crypto is None and not (payload and payload[0] & 0x40):
+                state.out_done = True
             return
         for initial in initials:
             if state.quic_dcid is None:
@@ -264,7 +266,8 @@ class Identify:
         elif looks_like_http(data):
             host = http_host(data)
             if host is not None:
-                self._named(flow, host, "http_host", False)
+                # "" is a complete request without a usable name (none, or an address literal).
+                self._named(flow, host or None, "http_host", False)
                 state.out_done = True
         elif len(data) >= 16:
             state.out_done = True  # neither: nothing we read on this side
