@@ -22,13 +22,15 @@ from douane.daemon import __version__
 from douane.daemon.config import Config, ConfigError, load_config
 from douane.daemon.explain import run_lookup
 from douane.daemon.flows import FlowTable
+from douane.daemon.identify import Identify
 from douane.daemon.logsetup import configure_logging
 from douane.daemon.metrics import DaemonCollector, GeoDatabaseStatus, Metrics
 from douane.daemon.pcapfile import CaptureFile, CaptureFormatError, open_capture
-from douane.daemon.pipeline import Pipeline, Record, geo_stage
+from douane.daemon.pipeline import Pipeline, Record, geo_stage, service_stage
 from douane.daemon.summary import Summary
 from douane.geo.jurisdiction import load_jurisdictions, make_jurisdiction_stage
 from douane.geo.lookup import ATTRIBUTION, GeoConfig, GeoDatabases
+from douane.geo.services import ServiceCatalogue
 from douane.geo.state import ResolvedFiles, resolve_files
 from douane.geo.update import fetch_sources, update_from
 
@@ -83,9 +85,14 @@ class Replay:
         geo_ready = geo is not None
         geo = geo if geo is not None else GeoDatabases(geo_config(config))
         summary = Summary()
-        stages = [geo_stage(geo), make_jurisdiction_stage(jurisdictions)]
-        pipeline = Pipeline(stages, metrics, [summary, *sinks])
-        table = FlowTable(config.flows, pipeline.on_close, pipeline.on_update)
+        pipeline = Pipeline(
+            # Jurisdiction after service: a service or hostname can name the controller.
+            [geo_stage(geo), service_stage(ServiceCatalogue.load()),
+             make_jurisdiction_stage(jurisdictions)],
+            metrics, [summary, *sinks],
+        )
+        identify = Identify(config.identify)
+        table = FlowTable(config.flows, pipeline.on_close, pipeline.on_update, identify)
         replay = cls(config, registry, metrics, geo, pipeline, table, summary, geo_ready)
         registry.register(
             DaemonCollector(
@@ -94,7 +101,7 @@ class Replay:
                     table.stats.flows_created,
                 ),
                 sources=lambda: {"pcap": table.stats.packets},
-                dns_cache_entries=lambda: 0,
+                dns_cache_entries=lambda: len(identify.dns_cache),
                 geo_databases=replay.geo_status,
             )
         )

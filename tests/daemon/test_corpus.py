@@ -240,7 +240,7 @@ class TestCorpusIndex:
 
 # nDPI's hostname kinds and the hostname_source douane gives the same name. gQUIC (Q0xx/T0xx) carries
 # its name in an unencrypted CHLO that douane does not parse (README: left out on purpose).
-KINDS = {"tls_sni": "tls_sni", "quic_sni": "quic_sni", "http_host": "http_host", "dns_query": "dns"}
+KINDS = {"tls_sni": "tls_sni", "quic_sni": "quic_sni", "http_host": "http_host", "dns_query": "dns_query"}
 LEFT_OUT_QUIC = {"gquic"}
 HOSTNAME_TARGET = 0.95
 
@@ -265,8 +265,6 @@ class TestCorpusHostnames:
             if os.environ.get(ENV):
                 pytest.fail(f"${ENV} is set but {WHERE}")
             pytest.skip(WHERE)
-        if Replay.build(Config(), geo=shared_geo()).table._inspector is None:
-            pytest.skip("identification not wired yet (issue 3 in progress)")
         expected = expected_named_flows()
         assert len(expected) > 250, "the corpus lost its named flows"
         misses = []
