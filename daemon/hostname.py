@@ -9,6 +9,7 @@ text or an address literal never reach a log line, a label or a rule.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 # RFC 1035 2.3.4: labels of 1 to 63 octets, a name of at most 255 octets on the wire, that is at
 # most 253 characters in text form without the trailing dot. RFC 952/1123 letters, digits and
@@ -22,6 +23,9 @@ MAX_NAME = 253
 def clean_hostname(raw: bytes | str) -> str | None:
     """A DNS name fit for logs, labels and policy, or None.
 
+    The same names come back again and again (every query for a popular domain): answers are
+    remembered for the last few thousand distinct inputs.
+
     The name is lower-cased and one trailing dot removed. It must then be ASCII, at most 253
     characters, made of dot-separated labels of 1 to 63 letters, digits, hyphens or underscores.
     An address literal (last label all digits: "10.0.0.1", "1.2.3.4.", also any bracketed IPv6,
@@ -29,17 +33,24 @@ def clean_hostname(raw: bytes | str) -> str | None:
 
     Never raises: anything that is not such a name, including a non-str/bytes argument, gives None.
     """
-    if isinstance(raw, bytes | bytearray | memoryview):
+    if isinstance(raw, bytearray | memoryview):
         raw = bytes(raw)
+    if isinstance(raw, bytes | str):
+        # Longer than any name: refused before the cache, so the cache holds short keys only.
+        return _clean(raw) if len(raw) <= MAX_NAME + 1 else None
+    return None
+
+
+@lru_cache(maxsize=8192)
+def _clean(raw: bytes | str) -> str | None:
+    if isinstance(raw, bytes):
         if not raw.isascii():
             return None
         name = raw.decode("ascii")
-    elif isinstance(raw, str):
+    else:
         if not raw.isascii():
             return None
         name = raw
-    else:
-        return None
     if name.endswith("."):
         name = name[:-1]
     if not name or len(name) > MAX_NAME:
