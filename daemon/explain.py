@@ -46,8 +46,8 @@ def explain(target: str, geo: GeoDatabases, engine: Jurisdictions) -> dict[str, 
         country_db = next((db for db in geo.databases() if db.name == "country"), None)
         built = country_db.build_time.date().isoformat() if country_db and country_db.build_time else "?"
         source = f"country database {country_db.path} (built {built})" if country_db else "country database"
-        found = engine.determine(address, answer.asn, answer.location_country, None, None,
-                                 answer.as_name, source)
+        found = engine.explain(address, answer.asn, answer.location_country, None, None,
+                               answer.as_name, source)
         asn_evidence = {
             "field": "asn", "value": str(answer.asn), "reason": "longest prefix in the ASN database",
             "source": next((db.path for db in geo.databases() if db.name == "asn"), ""),
@@ -56,7 +56,7 @@ def explain(target: str, geo: GeoDatabases, engine: Jurisdictions) -> dict[str, 
         evidence = ([asn_evidence] if answer.asn is not None else [])
     elif _HOSTNAME.fullmatch(target):
         service, _ = _service_of(target)
-        found = engine.determine("", None, None, target.lower(), service)
+        found = engine.explain("", None, None, target.lower(), service)
         entry.update(kind="hostname", asn=None, as_name=None, service=service, note=NO_RESOLUTION)
         evidence = []
         if service is not None:

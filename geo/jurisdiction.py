@@ -26,8 +26,9 @@ DESIGN.md's model, per destination:
   offers; `cn` last because its duty applies to every organisation and citizen. `unknown` is above
   `eu` so that a flow is never declared `eu` on half an answer.
 
-Every answer carries its evidence (which database, range file, registry entry and source URL), for
-`douane lookup`. Answers are cached per destination: the per-flow work is one dictionary look-up.
+`explain` gives an answer with its evidence (which database, range file, registry entry and source
+URL), for `douane lookup`; `determine`, for flows, gives the same answer without it and is cached per
+destination, so the per-flow work is one dictionary look-up.
 """
 
 from __future__ import annotations
@@ -139,12 +140,27 @@ class Jurisdictions:
         self.regions = regions
         self.zones = zones
         self.range_files = range_files
+        self._suppliers = frozenset(p.supplier for p in registry.providers.values() if p.supplier)
         self._laws_by_country: dict[str, tuple[str, ...]] = {}
         for law in registry.laws.values():
             self._laws_by_country[law.country] = (*self._laws_by_country.get(law.country, ()), law.slug)
         self.determine: Callable[..., Determination] = functools.lru_cache(maxsize=cache_size)(
             self._determine
         )
+
+    def explain(
+        self,
+        address: str,
+        asn: int | None,
+        country: str | None,
+        hostname: str | None = None,
+        service: str | None = None,
+        as_name: str | None = None,
+        country_source: str = "country database",
+    ) -> Determination:
+        """Like `determine`, with the evidence of each answer (not cached: for `douane lookup`)."""
+        return self._determine(address, asn, country, hostname, service, as_name, country_source,
+                               explain=True)
 
     @property
     def provider_labels(self) -> frozenset[str]:
@@ -164,27 +180,32 @@ class Jurisdictions:
         service: str | None = None,
         as_name: str | None = None,
         country_source: str = "country database",
+        explain: bool = False,
     ) -> Determination:
-        evidence: list[Evidence] = []
+        # Evidence is for `douane lookup` (explain=True); flows need only the answer, and building
+        # a dozen strings per destination would double the cost of a cold look-up.
+        evidence: list[Evidence] | None = [] if explain else None
         zones = self.zones
         location_country, location_zone = country, zones.zone(country)
-        if country is not None:
+        if country is not None and evidence is not None:
             evidence.append(Evidence("location_country", country, "geolocation of the address",
                                      country_source))
 
         found = self._range(address)
         region = found.region if found else None
         if found is not None:
-            what = ", ".join(x for x in (found.region, found.service) if x) or "no region"
-            evidence.append(Evidence("provider", found.provider,
-                                     f"published range {found.network} ({what})", found.source))
+            if evidence is not None:
+                what = ", ".join(x for x in (found.region, found.service) if x) or "no region"
+                evidence.append(Evidence("provider", found.provider,
+                                         f"published range {found.network} ({what})", found.source))
             region_country = self.regions.country(found.provider, found.region)
             if region_country is not None:
-                note = "" if region_country == country else f" (geolocation said {country or 'nothing'})"
-                evidence.append(Evidence(
-                    "location_country", region_country, f"cloud region {found.region}{note}",
-                    self.regions.sources.get(found.provider, ""),
-                ))
+                if evidence is not None:
+                    note = "" if region_country == country else f" (geolocation said {country or 'nothing'})"
+                    evidence.append(Evidence(
+                        "location_country", region_country, f"cloud region {found.region}{note}",
+                        self.regions.sources.get(found.provider, ""),
+                    ))
                 location_country, location_zone = region_country, zones.zone(region_country)
 
         provider = self._controller(found, asn, hostname, service, evidence)
@@ -192,23 +213,27 @@ class Jurisdictions:
             controller_country: str | None = provider.controller_country
             exposure = provider.exposure
             slug: str | None = provider.slug
-            seat = f"seat of {provider.name}" + (f" (parent: {provider.parent})" if provider.parent else "")
-            evidence.append(Evidence("controller_country", provider.controller_country, seat,
-                                     provider.sources["company"][0]))
+            if evidence is not None:
+                parent = f" (parent: {provider.parent})" if provider.parent else ""
+                seat = f"seat of {provider.name}{parent}"
+                evidence.append(Evidence("controller_country", provider.controller_country, seat,
+                                         provider.sources["company"][0]))
         elif asn is not None:
             slug = OTHER
             controller_country, basis = self._guess_country(as_name, location_country)
             exposure = self._laws_by_country.get(controller_country or "", ())
-            evidence.append(Evidence("provider", OTHER, f"AS{asn} is not in the provider registry",
-                                     self.registry.path))
-            if controller_country is not None:
+            if evidence is not None:
+                evidence.append(Evidence("provider", OTHER, f"AS{asn} is not in the provider registry",
+                                         self.registry.path))
+            if controller_country is not None and evidence is not None:
                 evidence.append(Evidence("controller_country", controller_country,
                                          f"weak guess: {basis}", "registry: no entry"))
         else:
             slug, controller_country, exposure = None, None, ()
-        for law_slug in exposure:
-            law = self.registry.laws[law_slug]
-            evidence.append(Evidence("exposure", law_slug, law.name, law.sources[0]))
+        if evidence is not None:
+            for law_slug in exposure:
+                law = self.registry.laws[law_slug]
+                evidence.append(Evidence("exposure", law_slug, law.name, law.sources[0]))
 
         controller_zone = zones.zone(controller_country)
         sides = (
@@ -217,13 +242,14 @@ class Jurisdictions:
             *(_NAMED.get(self.registry.laws[law].country, "third") for law in exposure),
         )
         jurisdiction = worst(*sides)
-        evidence.append(Evidence(
-            "jurisdiction", jurisdiction,
-            f"worst of location {sides[0]}, controller {sides[1]}"
-            + (f", exposure {'/'.join(sorted(set(sides[2:])))}" if exposure else "")
-            + f" (order {' < '.join(JURISDICTION_ORDER)})",
-            "DESIGN.md; README 'Jurisdiction'",
-        ))
+        if evidence is not None:
+            evidence.append(Evidence(
+                "jurisdiction", jurisdiction,
+                f"worst of location {sides[0]}, controller {sides[1]}"
+                + (f", exposure {'/'.join(sorted(set(sides[2:])))}" if exposure else "")
+                + f" (order {' < '.join(JURISDICTION_ORDER)})",
+                "DESIGN.md; README 'Jurisdiction'",
+            ))
         return Determination(
             provider=slug,
             controller_country=controller_country,
@@ -235,7 +261,7 @@ class Jurisdictions:
             location_zone=location_zone,
             region=region,
             range_service=found.service if found else None,
-            evidence=tuple(evidence),
+            evidence=tuple(evidence or ()),
         )
 
     def _range(self, address: str) -> CloudRange | None:
@@ -255,7 +281,7 @@ class Jurisdictions:
         asn: int | None,
         hostname: str | None,
         service: str | None,
-        evidence: list[Evidence],
+        evidence: list[Evidence] | None,
     ) -> Provider | None:
         registry = self.registry
         chosen: Provider | None = None
@@ -263,28 +289,35 @@ class Jurisdictions:
             chosen = registry.providers.get(found.provider)
         by_asn = registry.by_asn(asn)
         if by_asn is not None:
-            sub = by_asn.subsidiary_of(asn) if asn is not None else None
-            where = f", subsidiary {sub.name} ({sub.country}) of {by_asn.name}" if sub else ""
-            note = "" if chosen is None or chosen is by_asn else f"; the range's {chosen.slug} wins"
-            evidence.append(Evidence("provider", by_asn.slug, f"AS{asn} in the registry{where}{note}",
-                                     by_asn.sources["asns"][0]))
+            if evidence is not None:
+                sub = by_asn.subsidiary_of(asn) if asn is not None else None
+                where = f", subsidiary {sub.name} ({sub.country}) of {by_asn.name}" if sub else ""
+                note = "" if chosen is None or chosen is by_asn else f"; the range's {chosen.slug} wins"
+                evidence.append(Evidence("provider", by_asn.slug, f"AS{asn} in the registry{where}{note}",
+                                         by_asn.sources["asns"][0]))
             chosen = chosen or by_asn
+        if chosen is not None and evidence is None and chosen.slug not in self._suppliers:
+            # A network match is final unless a joint venture runs on that network: skip names.
+            return chosen
         named: Provider | None = None
         host = registry.by_hostname(hostname)
         if host is not None:
             named = host[0]
-            evidence.append(Evidence("provider", named.slug, f"hostname {hostname} under {host[1]}",
-                                     named.sources["domains"][0]))
+            if evidence is not None:
+                evidence.append(Evidence("provider", named.slug, f"hostname {hostname} under {host[1]}",
+                                         named.sources["domains"][0]))
         by_service = registry.by_service(service)
         if by_service is not None:
             named = named or by_service
-            evidence.append(Evidence("provider", by_service.slug, f"service {service}",
-                                     by_service.sources["company"][0]))
+            if evidence is not None:
+                evidence.append(Evidence("provider", by_service.slug, f"service {service}",
+                                         by_service.sources["company"][0]))
         if named is not None and chosen is not None and named.supplier == chosen.slug:
-            evidence.append(Evidence("provider", named.slug,
-                                     f"{named.name} runs {chosen.slug}'s technology under its own "
-                                     "control: its name refines the network match",
-                                     named.sources["company"][0]))
+            if evidence is not None:
+                evidence.append(Evidence("provider", named.slug,
+                                         f"{named.name} runs {chosen.slug}'s technology under its own "
+                                         "control: its name refines the network match",
+                                         named.sources["company"][0]))
             return named
         return chosen if chosen is not None else named
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +34,13 @@ def with_ranges() -> Jurisdictions:
     return load_jurisdictions(FIXTURES)
 
 
-def decide(engine: Jurisdictions, geo: GeoDatabases, address: str, hostname: str | None = None,
-           service: str | None = None) -> Determination:
+def decide(engine: Jurisdictions, geo: GeoDatabases, address: str) -> Determination:
+    """The answer with its evidence, and check that flows (no evidence) get the same answer."""
     answer = geo.lookup(address)
-    return engine.determine(address, answer.asn, answer.location_country, hostname, service,
-                            answer.as_name)
+    explained = engine.explain(address, answer.asn, answer.location_country, None, None, answer.as_name)
+    quick = engine.determine(address, answer.asn, answer.location_country, None, None, answer.as_name)
+    assert quick.evidence == () and replace(explained, evidence=()) == quick
+    return explained
 
 
 class TestJurisdictions:
@@ -94,7 +97,7 @@ class TestJurisdictions:
 
     def test_weak_guess_from_as_name_country(self, plain: Jurisdictions) -> None:
         """A RIPE-style AS name ending in `, CC` gives the guessed country and its laws."""
-        found = plain.determine("192.0.2.1", 64999, "FR", None, None, "EXAMPLE-AS, RU")
+        found = plain.explain("192.0.2.1", 64999, "FR", None, None, "EXAMPLE-AS, RU")
         assert (found.provider, found.controller_country, found.exposure) == ("other", "RU", ("ru-sorm",))
         assert found.jurisdiction == "ru"
 
@@ -115,7 +118,7 @@ class TestJurisdictions:
 
     def test_region_refines_location(self, with_ranges: Jurisdictions) -> None:
         """A cloud region's country replaces the geolocation, with both in the evidence."""
-        found = with_ranges.determine("35.180.1.1", 16509, "US")
+        found = with_ranges.explain("35.180.1.1", 16509, "US")
         assert (found.location_country, found.location_zone) == ("FR", "eea")
         region = [e for e in found.evidence if e.field == "location_country"]
         assert [e.value for e in region] == ["US", "FR"]
