@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import signal
 import sys
@@ -120,10 +121,21 @@ class Replay:
         if not self.geo_ready:
             self.geo.start()
             self.geo_ready = True
+        tune_gc()
         try:
             self.table.ingest_batches(capture.batches())
         finally:
             self.table.flush()
+
+
+def tune_gc() -> None:
+    """Garbage collection for a packet loop: the loaded databases are frozen out of every scan,
+    and young collections run every 50,000 allocations instead of 700. The per-packet path makes
+    no reference cycles, so this only removes scans of a large live heap (measured: the
+    collector took about a fifth of a replay's time with identification on)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
 
 
 class Progress:

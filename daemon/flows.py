@@ -154,6 +154,8 @@ class Inspector(Protocol):
         self, flow: Flow, outward: bool, buf: bytes, l4: int, pay: int, end: int, ts: float
     ) -> None: ...
 
+    def on_flow_end(self, flow: Flow) -> None: ...
+
 
 class FlowTable:
     """Bidirectional flows with idle/active timeouts and a bounded size."""
@@ -302,6 +304,8 @@ class FlowTable:
             if flow.rkey in index and index[flow.rkey][0] is flow:
                 del index[flow.rkey]
         flow.end_reason = reason
+        if flow.inspect is not None and self._inspector is not None:
+            self._inspector.on_flow_end(flow)
         self._on_close(flow)
 
     def _evict_one(self) -> None:

@@ -105,6 +105,7 @@ class FlowState:
         "out_packets",
         "out_stream",
         "queries",
+        "query",
         "quic_datagrams",
         "quic_dcid",
     )
@@ -119,6 +120,7 @@ class FlowState:
         self.quic_datagrams = 0
         self.dns_messages = 0
         self.queries: set[int] | None = None  # ids of DNS queries seen on a non-DNS port
+        self.query: bytes | None = None  # a resolver flow's first query, parsed only if unanswered
 
 
 class Identify:
@@ -164,6 +166,22 @@ class Identify:
             self.malformed += 1
             self._give_up(flow, state, outward)
 
+    def on_flow_end(self, flow: Flow) -> None:
+        """A flow ends while still inspected: a resolver flow never answered is named by its query."""
+        state = flow.inspect
+        flow.inspect = None
+        if state is None or state.query is None or flow.hostname is not None:
+            return
+        try:
+            message = parse_dns(state.query, partial=True)
+        except MalformedPacket:
+            self.malformed += 1
+            return
+        if message.questions:
+            # The flow to the resolver is named by what it asked first, as nDPI does.
+            flow.hostname = message.questions[0][0]
+            flow.hostname_source = "dns_query"
+
     # -- UDP: DNS answers, QUIC Initials ----------------------------------------------------------
 
     def _udp(self, flow: Flow, state: FlowState, outward: bool, payload: bytes, ts: float) -> None:
@@ -192,13 +210,17 @@ class Identify:
         if state.dns_messages > self.config.dns_messages:
             flow.inspect = None
             return
-        if outward and flow.hostname is not None:
-            return  # a later query: only answers teach us anything now
+        if outward:
+            # A query teaches nothing an answer will not repeat (its question): keep the first
+            # one unparsed, for a flow that never gets an answer (on_flow_end).
+            if state.query is None and flow.hostname is None:
+                state.query = payload[:512]
+            return
         message = parse_dns(payload, partial=True)  # a first fragment ends mid-answers
         if message.response:
             self._learn(flow, message, ts)
-        elif flow.hostname is None and message.questions and outward:
-            # The flow to the resolver is named by what it asked first, as nDPI does.
+        elif flow.hostname is None and message.questions:
+            # A query from the "server" side: the opener was guessed wrong; name it all the same.
             flow.hostname = message.questions[0][0]
             flow.hostname_source = "dns_query"
 

@@ -175,6 +175,13 @@ class TestDns:
         assert (resolver["hostname"], resolver["hostname_source"]) == ("files.example.net", "dns_query")
         assert len(run.identify.dns_cache) >= 1
 
+    def test_unanswered_query_names_its_flow(self) -> None:
+        """A query that never gets an answer still names the flow to the resolver, at its end."""
+        query = frame(IP(src=CLIENT, dst=RESOLVER) / UDP(sport=40003, dport=53)
+                      / DNS(id=5, rd=1, qd=DNSQR(qname="lost.example.net")), T0)
+        record = Run().feed([query]).to(RESOLVER, 53)
+        assert (record["hostname"], record["hostname_source"]) == ("lost.example.net", "dns_query")
+
     def test_sni_beats_dns(self) -> None:
         """TLS SNI takes precedence over the DNS answer's name."""
         frames = [*dns_answer(CLIENT, "cdn.example.net", SERVER, T0),
