@@ -102,6 +102,7 @@ class FlowState:
         "in_packets",
         "in_stream",
         "out_done",
+        "out_isn",
         "out_packets",
         "out_stream",
         "queries",
@@ -113,6 +114,7 @@ class FlowState:
     def __init__(self) -> None:
         self.out_packets = self.in_packets = 0
         self.out_stream: Stream | None = None
+        self.out_isn: int | None = None  # where the opener's stream starts, from its SYN
         self.in_stream: Stream | None = None
         self.out_done = False  # nothing more to learn from the opener's side
         self.quic_dcid: bytes | None = None
@@ -146,8 +148,7 @@ class Identify:
         state = FlowState()
         if flow.proto == PROTO_TCP and flags & TCP_SYN and outward and l4 + 8 <= len(buf):
             # The opener's SYN: its sequence number + 1 is where its stream starts.
-            isn = (SEQ.unpack_from(buf, l4 + 4)[0] + 1) & 0xFFFFFFFF
-            state.out_stream = Stream(self.config.stream_bytes, isn)
+            state.out_isn = (SEQ.unpack_from(buf, l4 + 4)[0] + 1) & 0xFFFFFFFF
         flow.inspect = state
 
     def on_payload(
@@ -266,7 +267,14 @@ class Identify:
                 return
             stream = state.out_stream
             if stream is None:
-                stream = state.out_stream = Stream(self.config.stream_bytes)
+                if not dns and (state.out_isn is None or state.out_isn == seq):
+                    # The stream's first segment: most ClientHellos and requests fit in it,
+                    # so try it as it is before paying for a reassembly buffer.
+                    self._client_stream(flow, state, payload)
+                    if state.out_done:
+                        self._maybe_stop(flow, state)
+                        return
+                stream = state.out_stream = Stream(self.config.stream_bytes, state.out_isn)
             if stream.add(seq, payload) and not dns:
                 self._client_stream(flow, state, bytes(stream.data))
         else:

@@ -365,7 +365,9 @@ def make_jurisdiction_stage(engine: Jurisdictions) -> Callable[[Record], Record]
         if direction == "internal":
             return record
         remote = record["src"] if direction == "inbound" else record["dst"]
-        answer = determine(remote, record["asn"], record["location_country"], record["hostname"],
+        # A resolver flow's name is the question it carried, not who runs the resolver.
+        hostname = record["hostname"] if record.get("hostname_source") != "dns_query" else None
+        answer = determine(remote, record["asn"], record["location_country"], hostname,
                            record["service"], record["as_name"])
         record["location_country"] = answer.location_country
         record["location_zone"] = answer.location_zone

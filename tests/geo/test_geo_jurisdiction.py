@@ -249,3 +249,15 @@ class TestMakeJurisdictionStage:
         first = stage(record())
         first["exposure"].append("tampered")
         assert stage(record())["exposure"] == ["us-cloud-act", "us-fisa-702"]
+
+    def test_resolver_question_is_not_the_destination(self, plain: Jurisdictions) -> None:
+        """A DNS question ("dns_query") names what was asked, so it never decides the controller."""
+        stage = make_jurisdiction_stage(plain)
+        unknown_as = {"dst": "198.51.100.53", "asn": None, "as_name": None, "location_country": None,
+                      "location_zone": "unknown"}
+        asked = stage(record(hostname="hdh.blob.core.windows.net", hostname_source="dns_query",
+                             **unknown_as))
+        assert asked["provider"] != "microsoft"
+        named = stage(record(hostname="hdh.blob.core.windows.net", hostname_source="tls_sni",
+                             **unknown_as))
+        assert named["provider"] == "microsoft"
