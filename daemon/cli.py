@@ -20,6 +20,7 @@ import structlog
 from prometheus_client import CollectorRegistry, generate_latest, start_http_server
 
 from douane.daemon import __version__
+from douane.daemon.categories import service_category_stage, zone_stage
 from douane.daemon.config import Config, ConfigError, load_config
 from douane.daemon.explain import run_lookup
 from douane.daemon.flows import FlowTable
@@ -86,10 +87,11 @@ class Replay:
         geo_ready = geo is not None
         geo = geo if geo is not None else GeoDatabases(geo_config(config))
         summary = Summary()
+        catalogue = ServiceCatalogue.load()
         pipeline = Pipeline(
             # Jurisdiction after service: a service or hostname can name the controller.
-            [geo_stage(geo), service_stage(ServiceCatalogue.load()),
-             make_jurisdiction_stage(jurisdictions)],
+            [geo_stage(geo), service_stage(catalogue), make_jurisdiction_stage(jurisdictions),
+             zone_stage(config.zones), service_category_stage(catalogue)],
             metrics, [summary, *sinks],
         )
         identify = Identify(config.identify)

@@ -68,6 +68,7 @@ def flow_record(flow: Flow) -> Record:
         "dport": flow.dport if ported else None,
         "vlan": flow.vlan or None,
         "direction": flow.direction,
+        "zone": None,
         "packets_out": flow.packets_out,
         "bytes_out": flow.bytes_out,
         "packets_in": flow.packets_in,
