@@ -26,9 +26,10 @@ from douane.daemon.explain import run_lookup
 from douane.daemon.flows import FlowTable
 from douane.daemon.identify import Identify
 from douane.daemon.logsetup import configure_logging
-from douane.daemon.metrics import DaemonCollector, GeoDatabaseStatus, Metrics
+from douane.daemon.metrics import UNKNOWN, DaemonCollector, GeoDatabaseStatus, Metrics
 from douane.daemon.pcapfile import CaptureFile, CaptureFormatError, open_capture
 from douane.daemon.pipeline import Pipeline, Record, geo_stage, service_stage
+from douane.daemon.policy import Policy, policy_stage
 from douane.daemon.summary import Summary
 from douane.geo.jurisdiction import load_jurisdictions, make_jurisdiction_stage
 from douane.geo.lookup import ATTRIBUTION, GeoConfig, GeoDatabases
@@ -88,10 +89,14 @@ class Replay:
         geo = geo if geo is not None else GeoDatabases(geo_config(config))
         summary = Summary()
         catalogue = ServiceCatalogue.load()
+        policy = load_policy(config)
+        metrics.rules = frozenset(rule.name for rule in policy.rules) | {UNKNOWN}
         pipeline = Pipeline(
-            # Jurisdiction after service: a service or hostname can name the controller.
+            # Jurisdiction after service: a service or hostname can name the controller. The
+            # policy last: it reads every field the stages before it fill.
             [geo_stage(geo), service_stage(catalogue), make_jurisdiction_stage(jurisdictions),
-             zone_stage(config.zones), service_category_stage(catalogue)],
+             zone_stage(config.zones), service_category_stage(catalogue),
+             policy_stage(policy, lambda expired: metrics.policy_exceptions_expired.set(len(expired)))],
             metrics, [summary, *sinks],
         )
         identify = Identify(config.identify)
@@ -138,6 +143,16 @@ def tune_gc() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
+
+
+def default_policy_path() -> Path:
+    return Path(str(resources.files("douane.config") / "policy.yaml"))
+
+
+def load_policy(config: Config) -> Policy:
+    """The configured policy, or the default one shipped with douane; raises PolicyError."""
+    path = config.policy if config.policy is not None else default_policy_path()
+    return Policy.load(path, zones=[zone.name for zone in config.zones])
 
 
 class Progress:
@@ -244,7 +259,7 @@ def demo_capture() -> Path:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    args.config = None
+    args.config = str(resources.files("douane.config") / "demo.yaml")
     args.file = None
     return cmd_replay(args, demo_capture())
 
@@ -296,6 +311,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     geo.start()
     problems = list(geo.problems())
     problems += load_jurisdictions(geo_files(config).ranges_dir).problems()
+    policy = load_policy(config)  # a bad policy raises PolicyError, reported like a bad config
     if config.capture.pcap is not None and not config.capture.pcap.is_file():
         problems.append(f"{config.source}: key 'capture.pcap': no such file {config.capture.pcap}")
     for problem in problems:
@@ -303,7 +319,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     if problems:
         return EXIT_PROBLEM
     print(f"douane check: {config.source}: configuration valid; "
-          + ", ".join(f"{db.name} database {db.path}" for db in geo.databases()) + " readable")
+          + ", ".join(f"{db.name} database {db.path}" for db in geo.databases()) + " readable; "
+          + f"policy {policy.source}: {len(policy.rules)} rules, {len(policy.exceptions)} exceptions")
     return EXIT_OK
 
 

@@ -73,6 +73,7 @@ class IdentifyConfig:
     payload_packets: int = 12  # payload packets looked at per direction before giving up
     quic_datagrams: int = 8  # client Initial datagrams looked at (a ClientHello may span several)
     dns_messages: int = 10_000  # DNS messages parsed per flow (a resolver reuses its 5-tuple)
+    detect_bytes: int = 8 * 1024  # a plaintext direction's first bytes kept for health/school detectors
 
 
 @dataclass(frozen=True)

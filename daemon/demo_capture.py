@@ -105,12 +105,21 @@ def dns_exchange(client: str, resolver: str, name: str, answers: list[str], t: f
 
 
 def dicom_associate_rq(calling: str, called: str) -> bytes:
-    """A DICOM A-ASSOCIATE-RQ PDU (PS3.8 section 9.3.2) with the application context item only."""
-    context = b"1.2.840.10008.3.1.1.1"
-    item = b"\x10\x00" + struct.pack("!H", len(context)) + context
+    """A DICOM A-ASSOCIATE-RQ PDU (PS3.8 section 9.3.2): application context, one presentation
+    context proposing CT Image Storage in Implicit VR Little Endian, and the maximum PDU length."""
+
+    def item(kind: int, value: bytes) -> bytes:
+        return bytes((kind, 0)) + struct.pack("!H", len(value)) + value
+
+    context = item(0x10, b"1.2.840.10008.3.1.1.1")
+    presentation = item(0x20, bytes((1, 0, 0, 0))  # presentation context id 1, reserved
+                        + item(0x30, b"1.2.840.10008.5.1.4.1.1.2")  # abstract syntax: CT Image Storage
+                        + item(0x40, b"1.2.840.10008.1.2"))  # transfer syntax: Implicit VR Little Endian
+    user = item(0x50, item(0x51, struct.pack("!I", 16384)))  # maximum length received
     body = (
         struct.pack("!HH", 1, 0)  # protocol version 1, reserved
-        + called.encode().ljust(16) + calling.encode().ljust(16) + bytes(32) + item
+        + called.encode().ljust(16) + calling.encode().ljust(16) + bytes(32)
+        + context + presentation + user
     )
     return b"\x01\x00" + struct.pack("!I", len(body)) + body
 

@@ -57,9 +57,9 @@ class Flow:
 
     __slots__ = (
         "bytes_in", "bytes_out", "closing", "direction", "dport", "dst", "ech", "end_reason",
-        "fin_in", "fin_out", "first", "flags_in", "flags_out", "hostname", "hostname_source",
-        "inspect", "key", "last", "packets_in", "packets_out", "proto", "reported", "rkey", "sport",
-        "src", "vlan",
+        "evidence", "fin_in", "fin_out", "first", "flagged", "flags_in", "flags_out", "hostname",
+        "hostname_source", "inspect", "key", "last", "packets_in", "packets_out", "proto",
+        "reported", "rkey", "sport", "src", "vlan",
     )
 
     def __init__(
@@ -84,12 +84,15 @@ class Flow:
         self.end_reason: CloseReason = ""
         # Counters as last handed to on_update/on_close, so sinks can add only the difference.
         self.reported = (0, 0, 0, 0)
+        self.flagged = False  # counted once in douane_flagged_flows_total
         # Identity, filled by inspection (identify.py); `inspect` is its per-flow state, None
         # once there is nothing more to learn, so the packet loop skips the flow for good.
         self.hostname: str | None = None
         self.hostname_source: str | None = None
         self.ech = False
         self.inspect: Any = None
+        # Data categories found in the payload (content.py): category -> evidence names.
+        self.evidence: dict[str, list[str]] | None = None
 
 
 @dataclass
@@ -154,7 +157,7 @@ class Inspector(Protocol):
         self, flow: Flow, outward: bool, buf: bytes, l4: int, pay: int, end: int, ts: float
     ) -> None: ...
 
-    def on_flow_end(self, flow: Flow) -> None: ...
+    def on_report(self, flow: Flow, final: bool) -> None: ...
 
 
 class FlowTable:
@@ -305,7 +308,7 @@ class FlowTable:
                 del index[flow.rkey]
         flow.end_reason = reason
         if flow.inspect is not None and self._inspector is not None:
-            self._inspector.on_flow_end(flow)
+            self._inspector.on_report(flow, True)
         self._on_close(flow)
 
     def _evict_one(self) -> None:
@@ -341,6 +344,8 @@ class FlowTable:
         while queue and queue[0][0] <= now:
             deadline, flow = queue.popleft()
             if flows.get(flow.key) is flow:
+                if flow.inspect is not None and self._inspector is not None:
+                    self._inspector.on_report(flow, False)
                 self._on_update(flow)
                 queue.append((deadline + active, flow))
 

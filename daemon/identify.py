@@ -15,6 +15,7 @@ import struct
 from typing import TYPE_CHECKING
 
 from douane.daemon.config import IdentifyConfig
+from douane.daemon.content import Content
 from douane.daemon.dissect import PROTO_TCP, PROTO_UDP, MalformedPacket
 from douane.daemon.dns import DnsMessage, address_names, looks_like_dns, parse_dns, parse_dns_tcp
 from douane.daemon.dnscache import DnsCache
@@ -97,6 +98,7 @@ class FlowState:
     """What inspection remembers of one flow between its packets."""
 
     __slots__ = (
+        "content",
         "crypto",
         "dns_messages",
         "in_packets",
@@ -123,6 +125,7 @@ class FlowState:
         self.dns_messages = 0
         self.queries: set[int] | None = None  # ids of DNS queries seen on a non-DNS port
         self.query: bytes | None = None  # a resolver flow's first query, parsed only if unanswered
+        self.content: Content | None = None  # plaintext first bytes, for health/school evidence
 
 
 class Identify:
@@ -146,6 +149,8 @@ class Identify:
                 flow.hostname = name
                 flow.hostname_source = "dns"
         state = FlowState()
+        if flow.sport not in DNS_PORTS and flow.dport not in DNS_PORTS:
+            state.content = Content(self.config.detect_bytes, self.config.payload_packets)
         if flow.proto == PROTO_TCP and flags & TCP_SYN and outward and l4 + 8 <= len(buf):
             # The opener's SYN: its sequence number + 1 is where its stream starts.
             state.out_isn = (SEQ.unpack_from(buf, l4 + 4)[0] + 1) & 0xFFFFFFFF
@@ -158,20 +163,40 @@ class Identify:
         state = flow.inspect
         if state is None:
             return
+        payload = buf[pay:end]
         try:
             if flow.proto == PROTO_UDP:
-                self._udp(flow, state, outward, buf[pay:end], ts)
+                if state.content is not None:
+                    state.content.feed(outward, None, payload)
+                self._udp(flow, state, outward, payload, ts)
             else:
-                self._tcp(flow, state, outward, SEQ.unpack_from(buf, l4 + 4)[0], buf[pay:end], ts)
+                seq = SEQ.unpack_from(buf, l4 + 4)[0]
+                if state.content is not None:
+                    state.content.feed(outward, seq, payload)
+                self._tcp(flow, state, outward, seq, payload, ts)
         except MalformedPacket:
             self.malformed += 1
             self._give_up(flow, state, outward)
 
-    def on_flow_end(self, flow: Flow) -> None:
-        """A flow ends while still inspected: a resolver flow never answered is named by its query."""
+    def on_report(self, flow: Flow, final: bool) -> None:
+        """A flow is about to be declared (it ended, or a long flow's periodic report).
+
+        The evidence found in its first bytes goes to the flow; at its end, a resolver flow that
+        never got an answer is named by its query, and the inspection state is dropped.
+        """
         state = flow.inspect
+        if state is None:
+            return
+        if state.content is not None:
+            before = state.content.malformed
+            evidence = state.content.evidence()
+            self.malformed += state.content.malformed - before
+            if evidence:
+                flow.evidence = evidence
+        if not final:
+            return
         flow.inspect = None
-        if state is None or state.query is None or flow.hostname is not None:
+        if state.query is None or flow.hostname is not None:
             return
         try:
             message = parse_dns(state.query, partial=True)
@@ -245,6 +270,7 @@ class Identify:
             if state.crypto is None and not (payload and payload[0] & 0x40):
                 state.out_done = True
             return
+        state.content = None  # QUIC: encrypted beyond its Initials
         for initial in initials:
             if state.quic_dcid is None:
                 state.quic_dcid = initial.dcid
@@ -264,6 +290,7 @@ class Identify:
         if outward:
             state.out_packets += 1
             if state.out_done:
+                self._maybe_stop(flow, state)
                 return
             stream = state.out_stream
             if stream is None:
@@ -289,6 +316,7 @@ class Identify:
 
     def _client_stream(self, flow: Flow, state: FlowState, data: bytes) -> None:
         if looks_like_tls(data):
+            state.content = None  # encrypted from here on: nothing to read in the payload
             hello = parse_tls_stream(data)
             if hello is not None:
                 self._named(flow, hello.sni, "tls_sni", hello.ech)
@@ -332,6 +360,7 @@ class Identify:
         if (
             out_over
             and (state.in_packets >= limit or state.in_stream is None)
+            and (state.content is None or state.content.complete)
             and flow.sport not in DNS_PORTS
             and flow.dport not in DNS_PORTS
             and not state.queries

@@ -169,6 +169,8 @@ class Metrics:
         """
         self.registry = registry
         self.providers = frozenset(providers) | {OTHER, UNKNOWN}
+        # The policy's rule names (set by whoever loads the policy): the `rule` label's values.
+        self.rules: frozenset[str] = frozenset({UNKNOWN})
         self.egress_bytes = Counter(
             "douane_egress_bytes",
             "IP-layer bytes sent by an internal endpoint to an external one.",
@@ -201,6 +203,11 @@ class Metrics:
         )
         for result in RELOAD_RESULTS:
             self.config_reload.labels(result)
+        self.policy_exceptions_expired = Gauge(
+            "douane_policy_exceptions_expired",
+            "Policy exceptions past their expiry date (they no longer apply; renew or remove them).",
+            registry=registry,
+        )
         self.build_info = Gauge(
             "douane_build_info", "douane's version.", ["version"], registry=registry
         )

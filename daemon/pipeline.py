@@ -29,6 +29,7 @@ Record = dict[str, Any]
 Stage = Callable[[Record], Record | None]
 Sink = Callable[[Record], None]
 
+SEVERITIES = frozenset({"notice", "warning", "critical"})  # the verdicts that flag a flow
 PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 47: "gre", 50: "esp", 58: "icmpv6", 132: "sctp"}
 PORTED = frozenset({6, 17, 132, 136})
 
@@ -86,9 +87,12 @@ def flow_record(flow: Flow) -> Record:
         "controller_zone": UNKNOWN,
         "exposure": [],
         "jurisdiction": UNKNOWN,
-        "data_categories": {},
+        "data_categories": (
+            {c: list(names) for c, names in flow.evidence.items()} if flow.evidence else {}
+        ),
         "verdict": None,
         "rule": None,
+        "exception": None,
     }
 
 
@@ -182,23 +186,39 @@ class Pipeline:
         else:
             return
         delta = sent - sent_before
-        if delta <= 0:
+        verdict = record["verdict"]
+        flagged = verdict in SEVERITIES
+        if delta <= 0 and not (flagged and not flow.flagged):
             return
+        m = self.metrics
+        jurisdiction = bounded(record["jurisdiction"], JURISDICTIONS)
+        # Bounded by the registry's slugs (Metrics.providers); the record keeps the real slug.
+        provider = bounded(record["provider"], m.providers)
         labels = (
-            bounded(record["jurisdiction"], JURISDICTIONS),
+            jurisdiction,
             bounded(record["location_zone"], LOCATION_ZONES),
             country_label(record["location_country"]),
-            # Bounded by the registry's slugs (Metrics.providers); the record keeps the real slug.
-            bounded(record["provider"], self.metrics.providers),
+            provider,
         )
-        m = self.metrics
         children = self._children
-        for name in record["data_categories"] or (UNKNOWN,):
-            key = (bounded(name, DATA_CATEGORIES), *labels)
+        categories = [bounded(name, DATA_CATEGORIES) for name in record["data_categories"]] or [UNKNOWN]
+        for category in categories:
+            key = (category, *labels)
             pair = children.get(key)
             if pair is None:
                 pair = children[key] = (m.egress_bytes.labels(*key), m.egress_flows.labels(*key))
-            pair[0].inc(delta)
-            if sent_before == 0:
-                pair[1].inc()
-        m.top.add(flow.last, record["asn"], record["as_name"], delta)
+            if delta > 0:
+                pair[0].inc(delta)
+                if sent_before == 0:
+                    pair[1].inc()
+            if flagged:
+                # Bounded by the policy's rule names (Metrics.rules).
+                flag_key = (verdict, category, jurisdiction, provider, bounded(record["rule"], m.rules))
+                if not flow.flagged:
+                    m.flagged_flows.labels(*flag_key).inc()
+                if delta > 0:
+                    m.flagged_bytes.labels(*flag_key).inc(delta)
+        if flagged:
+            flow.flagged = True
+        if delta > 0:
+            m.top.add(flow.last, record["asn"], record["as_name"], delta)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -20,6 +21,7 @@ class Summary:
     """A sink that aggregates declared flows per destination (provider or AS, country)."""
 
     rows: dict[tuple[str, str, str, str], Row] = field(default_factory=dict)
+    flagged: dict[tuple[str, str, str, str, str], Row] = field(default_factory=dict)
     directions: dict[str, int] = field(default_factory=dict)
     flows: int = 0
 
@@ -27,6 +29,13 @@ class Summary:
         self.flows += 1
         direction = record["direction"]
         self.directions[direction] = self.directions.get(direction, 0) + 1
+        verdict = record.get("verdict")
+        if verdict in ("notice", "warning", "critical"):
+            flag_key = (str(verdict), record["rule"] or "-", record["provider"] or "-",
+                        ",".join(record["data_categories"]) or "-", record.get("zone") or "-")
+            flag = self.flagged.setdefault(flag_key, Row())
+            flag.flows += 1
+            flag.bytes_out += record["bytes_in" if direction == "inbound" else "bytes_out"]
         if direction == "internal":
             return
         asn = record["asn"]
@@ -70,16 +79,31 @@ class Summary:
                 _size(sum(r.bytes_out for _, r in rest)),
                 _size(sum(r.bytes_in for _, r in rest)),
             ))
-        widths = [max(len(str(x)) for x in col) for col in zip(header, *lines, strict=True)]
-        numeric = {4, 5, 6}
-        for cells in (header, *lines):
-            out.write(
-                "  ".join(
-                    c.rjust(w) if i in numeric else c.ljust(w)
-                    for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-                ).rstrip()
-                + "\n"
+        _table(out, header, lines, numeric={4, 5, 6})
+        if self.flagged:
+            out.write("\nFlagged by the policy:\n")
+            rank = {"critical": 0, "warning": 1, "notice": 2}
+            ranked_flags = sorted(self.flagged.items(), key=lambda kv: (rank[kv[0][0]], -kv[1].bytes_out))
+            _table(
+                out,
+                ("verdict", "rule", "provider", "data", "zone", "flows", "bytes out"),
+                [(*key, f"{r.flows:,}", _size(r.bytes_out)) for key, r in ranked_flags],
+                numeric={5, 6},
             )
+
+
+def _table(
+    out: TextIO, header: tuple[str, ...], lines: Sequence[tuple[str, ...]], numeric: set[int]
+) -> None:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *lines, strict=True)]
+    for cells in (header, *lines):
+        out.write(
+            "  ".join(
+                c.rjust(w) if i in numeric else c.ljust(w)
+                for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+            ).rstrip()
+            + "\n"
+        )
 
 
 def _size(n: int) -> str:

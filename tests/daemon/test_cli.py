@@ -23,7 +23,7 @@ RECORD_FIELDS = [
     "packets_out", "bytes_out", "packets_in", "bytes_in",
     "hostname", "hostname_source", "ech", "service", "asn", "as_name",
     "location_country", "location_zone", "provider", "controller_country", "controller_zone",
-    "exposure", "jurisdiction", "data_categories", "verdict", "rule",
+    "exposure", "jurisdiction", "data_categories", "verdict", "rule", "exception",
 ]
 
 

@@ -110,12 +110,26 @@ class TestExporter:
             assert total(found, "douane_egress_bytes_total", location_country=country) == nbytes
             assert total(found, "douane_egress_flows_total", location_country=country) == flows[country]
         # In France: Microsoft's Azure region (US-controlled) and OVHcloud (EU-controlled).
-        microsoft = value(found, "douane_egress_bytes_total", data_category="unknown", jurisdiction="us",
+        # (The DICOM association to Azure is health data: its bytes carry data_category="health".)
+        microsoft = total(found, "douane_egress_bytes_total", jurisdiction="us",
                           location_zone="eea", location_country="FR", provider="microsoft")
         ovhcloud = value(found, "douane_egress_bytes_total", data_category="unknown", jurisdiction="eu",
                          location_zone="eea", location_country="FR", provider="ovhcloud")
         assert microsoft > 0 and ovhcloud > 0
         assert microsoft + ovhcloud == expected["FR"]
+
+    def test_flagged_flow(self, scraped: str) -> None:
+        """The DICOM association to Azure is flagged critical by the default policy, flows and bytes."""
+        found = samples(scraped)
+        dicom = next(r for r in demo_records() if r["dport"] == 104)
+        assert dicom["data_categories"] == {"health": ["protocol:dicom"]}
+        assert (dicom["verdict"], dicom["rule"]) == ("critical", "health-outside-eu")
+        labels = {"severity": "critical", "data_category": "health", "jurisdiction": "us",
+                  "provider": "microsoft", "rule": "health-outside-eu"}
+        assert value(found, "douane_flagged_flows_total", **labels) == 1
+        assert value(found, "douane_flagged_bytes_total", **labels) == dicom["bytes_out"]
+        assert total(found, "douane_flagged_flows_total") == 1
+        assert value(found, "douane_policy_exceptions_expired") == 0
 
     def test_series_exist_from_the_start(self, scraped: str) -> None:
         """Bounded series exist at zero so that rate() works from the first scrape."""
