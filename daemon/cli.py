@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import json
+import secrets
 import signal
 import sys
 import tempfile
@@ -22,6 +24,7 @@ from prometheus_client import CollectorRegistry, generate_latest, start_http_ser
 from douane.daemon import __version__
 from douane.daemon.categories import service_category_stage, zone_stage
 from douane.daemon.config import Config, ConfigError, load_config
+from douane.daemon.evidence import EvidenceConfig, EvidenceError, EvidenceStore, evidence_log_sink
 from douane.daemon.explain import run_lookup
 from douane.daemon.flows import FlowTable
 from douane.daemon.identify import Identify
@@ -30,6 +33,7 @@ from douane.daemon.metrics import UNKNOWN, DaemonCollector, GeoDatabaseStatus, M
 from douane.daemon.pcapfile import CaptureFile, CaptureFormatError, open_capture
 from douane.daemon.pipeline import Pipeline, Record, geo_stage, service_stage
 from douane.daemon.policy import Policy, policy_stage
+from douane.daemon.pseudonym import Pseudonymiser
 from douane.daemon.summary import Summary
 from douane.geo.jurisdiction import load_jurisdictions, make_jurisdiction_stage
 from douane.geo.lookup import ATTRIBUTION, GeoConfig, GeoDatabases
@@ -76,6 +80,7 @@ class Replay:
     table: FlowTable
     summary: Summary
     geo_ready: bool = False
+    evidence: EvidenceStore | None = None
 
     @classmethod
     def build(
@@ -99,9 +104,11 @@ class Replay:
              policy_stage(policy, lambda expired: metrics.policy_exceptions_expired.set(len(expired)))],
             metrics, [summary, *sinks],
         )
+        evidence_sinks, evidence = evidence_parts(config)
+        pipeline.sinks.extend(evidence_sinks)
         identify = Identify(config.identify)
         table = FlowTable(config.flows, pipeline.on_close, pipeline.on_update, identify)
-        replay = cls(config, registry, metrics, geo, pipeline, table, summary, geo_ready)
+        replay = cls(config, registry, metrics, geo, pipeline, table, summary, geo_ready, evidence)
         registry.register(
             DaemonCollector(
                 table_stats=lambda: (
@@ -128,11 +135,15 @@ class Replay:
         if not self.geo_ready:
             self.geo.start()
             self.geo_ready = True
+        if self.evidence is not None:
+            self.evidence.start()  # raises EvidenceError naming the file
         tune_gc()
         try:
             self.table.ingest_batches(capture.batches())
         finally:
             self.table.flush()
+            if self.evidence is not None:
+                self.evidence.stop()
 
 
 def tune_gc() -> None:
@@ -143,6 +154,29 @@ def tune_gc() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
+
+
+def evidence_parts(config: Config) -> tuple[list[Any], EvidenceStore | None]:
+    """The flagged-flow sinks: the structlog line always, the SQLite store when a path is set.
+
+    Internal addresses are pseudonymised with the installation's key kept beside the store; with no
+    store, with a key made for this run only (pseudonyms then mean nothing across runs).
+    """
+    enabled = config.pseudonymise_internal_addresses
+    path = config.evidence_path
+    if path is None:
+        pseudonymiser = Pseudonymiser(secrets.token_bytes(32), enabled=enabled)
+        return [evidence_log_sink(pseudonymiser, remote_addresses=config.evidence_remote_addresses)], None
+    pseudonymiser = Pseudonymiser.from_state_dir(path.parent, enabled=enabled)
+    store = EvidenceStore(
+        EvidenceConfig(path=path, retention_days=config.evidence_retention_days,
+                       synchronous=config.evidence_synchronous,
+                       remote_addresses=config.evidence_remote_addresses),
+        pseudonymiser,
+    )
+    sinks = [store.record,
+             evidence_log_sink(pseudonymiser, remote_addresses=config.evidence_remote_addresses)]
+    return sinks, store
 
 
 def default_policy_path() -> Path:
@@ -201,6 +235,8 @@ def _json_sink(out: TextIO) -> Any:
 
 def cmd_replay(args: argparse.Namespace, path: Path | None = None) -> int:
     config = load_config(args.config)
+    if getattr(args, "evidence", None):
+        config = dataclasses.replace(config, evidence_path=Path(args.evidence))
     configure_logging(config.log_level, config.log_format)
     capture_path = path or Path(args.file)
     sinks = [_json_sink(sys.stdout)] if args.json else []
@@ -213,6 +249,9 @@ def cmd_replay(args: argparse.Namespace, path: Path | None = None) -> int:
     except CaptureFormatError as exc:
         print(f"douane: {exc}", file=sys.stderr)
         status = EXIT_USAGE
+    except EvidenceError as exc:
+        print(f"douane: evidence store: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except OSError as exc:
         print(f"douane: {capture_path}: cannot read ({exc.strerror or exc})", file=sys.stderr)
         return EXIT_USAGE
@@ -354,10 +393,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one flow record (JSON) per line")
     p.add_argument("--metrics-out", metavar="PATH", help="write the Prometheus metrics at the end")
     p.add_argument("--serve", metavar="ADDR", help="then serve the metrics on ADDR (host:port)")
+    p.add_argument("--evidence", metavar="PATH",
+                   help="keep flagged flows in this SQLite evidence store (overrides evidence.path)")
     p.set_defaults(func=cmd_replay)
 
     p = sub.add_parser("demo", help="replay the demo capture shipped with douane")
     p.add_argument("--json", action="store_true", help="print one flow record (JSON) per line")
+    p.add_argument("--evidence", metavar="PATH", help="keep flagged flows in this SQLite evidence store")
     p.add_argument("--metrics-out", metavar="PATH", help="write the Prometheus metrics at the end")
     p.set_defaults(func=cmd_demo)
 

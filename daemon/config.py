@@ -85,6 +85,9 @@ class Config:
     policy: Path | None = None
     exporter_listen: str = "127.0.0.1:9742"
     evidence_path: Path | None = None
+    evidence_retention_days: int = 365
+    evidence_synchronous: str = "full"  # fsync each record: a power cut loses no returned record
+    evidence_remote_addresses: bool = True  # keep the external (server) address in clear
     pseudonymise_internal_addresses: bool = True
     geo: GeoFiles = field(default_factory=GeoFiles)
     identify: IdentifyConfig = field(default_factory=IdentifyConfig)
@@ -257,7 +260,7 @@ def parse_config(data: Any, source: str) -> Config:
     exp = r.mapping(top.get("exporter"), "exporter")
     r.no_extra(exp, "exporter", {"listen"})
     ev = r.mapping(top.get("evidence"), "evidence")
-    r.no_extra(ev, "evidence", {"path"})
+    r.no_extra(ev, "evidence", {"path", "retention_days", "synchronous", "remote_addresses"})
     priv = r.mapping(top.get("privacy"), "privacy")
     r.no_extra(priv, "privacy", {"pseudonymise_internal_addresses"})
     g = r.mapping(top.get("geo"), "geo")
@@ -281,6 +284,9 @@ def parse_config(data: Any, source: str) -> Config:
         policy=r.take(top, "", "policy", _path, None),
         exporter_listen=r.take(exp, "exporter", "listen", _listen, "127.0.0.1:9742"),
         evidence_path=r.take(ev, "evidence", "path", _path, None),
+        evidence_retention_days=r.take(ev, "evidence", "retention_days", _positive_int, 365),
+        evidence_synchronous=r.take(ev, "evidence", "synchronous", _choice("full", "normal"), "full"),
+        evidence_remote_addresses=r.take(ev, "evidence", "remote_addresses", _boolean, True),
         pseudonymise_internal_addresses=r.take(
             priv, "privacy", "pseudonymise_internal_addresses", _boolean, True
         ),
