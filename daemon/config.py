@@ -8,6 +8,7 @@ path and what was expected.
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ import yaml
 from douane.daemon.flows import DEFAULT_INTERNAL, FlowConfig
 
 DATA_CATEGORY_NAMES = ("health", "school", "personal")
+_ZONE_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 
 
 class ConfigError(ValueError):
@@ -246,8 +248,10 @@ def parse_config(data: Any, source: str) -> Config:
         z = r.mapping(raw, prefix)
         r.no_extra(z, prefix, {"name", "networks", "categories"})
         name = r.take(z, prefix, "name", _string, None)
-        if not name:
-            raise ConfigError(source, f"{prefix}.name", "a zone name")
+        if not name or not _ZONE_NAME.fullmatch(name):
+            # The name becomes evidence ("zone:pacs") and a label: the evidence store's charset.
+            raise ConfigError(source, f"{prefix}.name",
+                              "a zone name of lower-case letters, digits, '.', '_' or '-'", name)
         if name in seen:
             raise ConfigError(source, f"{prefix}.name", "a name no other zone has", name)
         seen.add(name)

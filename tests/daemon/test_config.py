@@ -67,6 +67,7 @@ class TestErrors:
             ("zones:\n  - {name: a, networks: [10.0.0.0/8]}\n  - {name: a, networks: [10.1.0.0/16]}\n",
              "zones[1].name", "no other zone"),
             ("exporter:\n  listen: 9742\n", "exporter.listen", "host:port"),
+            ("zones: [{name: PACS Room, networks: [10.0.0.0/8]}]\n", "zones[0].name", "lower-case"),
             ("privacy:\n  pseudonymise_internal_addresses: maybe\n",
              "privacy.pseudonymise_internal_addresses", "true or false"),
             ("flows: [1, 2]\n", "flows", "mapping"),
