@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from hypothesis import example, given
+from hypothesis import assume, example, given
 from hypothesis import strategies as st
 
 from douane.daemon.identifiers import CONTEXT_WINDOW, DETECTORS, scan_identifiers
@@ -279,6 +279,17 @@ class TestScanIdentifiers:
         assert scan_identifiers(("9" + s).encode()) == {}
         assert scan_identifiers((s + "9").encode()) == {}
 
+    @pytest.mark.parametrize("label", [b'"imei": "', b"IMEI=", b'"imsi":"', b"IMSI "])
+    def test_nir_vetoed_by_imei_imsi(self, label: bytes) -> None:
+        """A NIR-looking number labelled IMEI or IMSI just before it is not counted."""
+        assert scan_identifiers(label + MAN_PARIS.encode()) == {}
+
+    def test_nir_veto_window(self) -> None:
+        """The IMEI/IMSI label vetoes only within 32 bytes before the number."""
+        assert scan_identifiers(b"imei" + b"." * 28 + MAN_PARIS.encode()) == {}
+        assert scan_identifiers(b"imei" + b"." * 29 + MAN_PARIS.encode()) == {"nir": 1}
+        assert scan_identifiers(MAN_PARIS.encode() + b" imei") == {"nir": 1}
+
     def test_nir_several(self) -> None:
         """Each NIR in the window counts; the count is the number of occurrences."""
         data = "|".join([MAN_PARIS, *STDNUM_VALID, MAN_PARIS]).encode()
@@ -521,7 +532,8 @@ class TestScanIdentifiers:
     def test_valid_nir_always_found(
         self, body: str, form: int, before: bytes, after: bytes, sep1: int, sep2: int
     ) -> None:
-        """A generated valid NIR embedded in random bytes is always found."""
+        """A generated valid NIR embedded in random bytes is always found (unless labelled IMEI/IMSI)."""
+        assume(not re.search(rb"(?i)imei|imsi", before))
         value = printed(nir(body), form).encode()
         data = before + bytes([sep1]) + value + bytes([sep2]) + after
         assert scan_identifiers(data).get("nir", 0) >= 1
