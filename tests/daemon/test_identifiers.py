@@ -12,7 +12,6 @@ import json
 import math
 import random
 import re
-import time
 from pathlib import Path
 
 import pytest
@@ -608,15 +607,16 @@ class TestScanIdentifiers:
         ],
     )
     def test_adversarial_mebibyte(self, unit: bytes) -> None:
-        """1 MiB of a repeated adversarial unit is scanned in linear time (no backtracking blow-up).
+        """1 MiB of a repeated adversarial unit is scanned to the end, counts only.
 
-        The bound is loose on purpose (seconds, where a run takes tens to hundreds of ms); a
-        catastrophic pattern would take minutes or hours.
+        No wall-clock bound here (speed is measured in bench/identifiers.py): linearity is what
+        test_patterns_are_bounded checks on the patterns themselves; a catastrophic pattern would
+        make this test hang and the run time out.
         """
         data = (unit * (1_048_576 // len(unit) + 1))[:1_048_576]
-        start = time.perf_counter()
-        scan_identifiers(data)
-        assert time.perf_counter() - start < 10.0
+        found = scan_identifiers(data)
+        assert set(found) <= set(DETECTORS)
+        assert all(isinstance(count, int) and count > 0 for count in found.values())
 
     def test_patterns_are_bounded(self) -> None:
         """No compiled pattern has an unbounded repeat (`*`, `+`, `{n,}`): work per position is fixed."""
