@@ -9,13 +9,8 @@ reach a record, a log or the evidence store. Encrypted flows (TLS, QUIC) are not
 from __future__ import annotations
 
 from douane.daemon.dissect import MalformedPacket
+from douane.daemon.health_protocols import detect
 from douane.daemon.identifiers import scan_identifiers
-
-try:  # TEMPORARY while the protocol detectors land (issue 5 in progress)
-    from douane.daemon.health_protocols import detect
-except ImportError:  # pragma: no cover
-    def detect(stream: bytes, outward: bool) -> None:  # type: ignore[misc]
-        return None
 
 # Which category an identifier is evidence of: the NIR, INS and RPPS are health identifiers in the
 # hospital context douane watches (the INS is the health identity itself; the RPPS names a health

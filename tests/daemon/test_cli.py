@@ -44,6 +44,22 @@ class TestDemo:
             assert f" {country} " in row
         assert "Microsoft" in table
 
+    def test_demo_flags_and_keeps_evidence(self, tmp_path: Path) -> None:
+        """The demo flags the PACS's DICOM association to Azure as critical and keeps it as evidence."""
+        store = tmp_path / "state" / "evidence.sqlite"
+        result = douane("demo", "--evidence", str(store))
+        assert result.returncode == 0, result.stderr
+        assert "critical  health-outside-eu" in result.stdout
+        import sqlite3
+
+        with sqlite3.connect(store) as db:
+            rows = db.execute(
+                "SELECT f.dport, f.verdict, f.rule, c.evidence FROM flagged_flow f "
+                "JOIN flagged_category c ON c.flow_id = f.id WHERE c.category = 'health'"
+            ).fetchall()
+        assert (104, "critical", "health-outside-eu", '["protocol:dicom", "zone:pacs"]') in rows
+        assert '"event": "flagged_flow"' in result.stderr
+
     def test_demo_capture_is_reproducible(self, tmp_path: Path) -> None:
         """The committed demo capture is exactly what its script makes."""
         out = tmp_path / "demo.pcap"
