@@ -7,8 +7,10 @@ chosen by the test.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import struct
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,17 @@ from scapy.utils import PcapNgWriter, wrpcap
 from douane.daemon.flows import Flow, FlowConfig, FlowTable
 from douane.daemon.pcapfile import open_capture
 from douane.daemon.pipeline import Record, flow_record
+
+# --- tests/daemon/data/corpus_payloads.py as the module `corpus_payloads` --------------------------
+# Test modules collect parameters from it at import time, before fixtures exist, and tests/ has no
+# package files: loading it once here lets them `import corpus_payloads`.
+_spec = importlib.util.spec_from_file_location(
+    "corpus_payloads", Path(__file__).resolve().parent / "daemon" / "data" / "corpus_payloads.py"
+)
+assert _spec is not None and _spec.loader is not None
+corpus_payloads = importlib.util.module_from_spec(_spec)
+sys.modules["corpus_payloads"] = corpus_payloads
+_spec.loader.exec_module(corpus_payloads)
 
 # --- Hypothesis: fast by default, deep with HYPOTHESIS_PROFILE=deep ----------------------------------
 settings.register_profile(

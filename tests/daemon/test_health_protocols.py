@@ -11,7 +11,6 @@ checked against its expectations.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 import json
 import os
@@ -25,9 +24,9 @@ from email.message import EmailMessage
 from http.client import HTTPConnection
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
+import corpus_payloads
 import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
@@ -403,7 +402,7 @@ class TestHl7:
     @pytest.mark.skipif(not (CORPUS / "expected.jsonl").is_file(), reason=f"no corpus at {CORPUS}")
     def test_corpus_capture(self) -> None:
         """hl7.pcap: each direction's message type and version are the corpus's hl7_messages."""
-        payloads = load_corpus_payloads()
+        payloads = corpus_payloads
         with (CORPUS / "expected.jsonl").open(encoding="utf-8") as fh:
             records = [r for r in map(json.loads, fh) if r["pcap"] == "hl7.pcap"]
         assert records
@@ -416,13 +415,6 @@ class TestHl7:
                 assert outcome(stream) == Detection("hl7v2", detail)
 
 
-def load_corpus_payloads() -> ModuleType:
-    """tests/daemon/data/corpus_payloads.py, by path (tests/ has no package files)."""
-    spec = importlib.util.spec_from_file_location("corpus_payloads", DATA / "corpus_payloads.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 # --- FHIR: fhir.resources, served over HTTP/1.1 -------------------------------------------------------
@@ -722,7 +714,7 @@ class TestNegative:
     @pytest.mark.skipif(not (CORPUS / "expected.jsonl").is_file(), reason=f"no corpus at {CORPUS}")
     def test_corpus_streams(self) -> None:
         """In every corpus capture but hl7.pcap (TLS, QUIC, DNS, HTTP...), no stream is health."""
-        payloads = load_corpus_payloads()
+        payloads = corpus_payloads
         checked = 0
         for pcap in sorted((CORPUS / "pcap").iterdir()):
             if pcap.name == "hl7.pcap":

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
 from collections import Counter
 from pathlib import Path
-from types import ModuleType
 
+import corpus_payloads
 import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
@@ -17,13 +16,6 @@ from douane.daemon.http import MAX_HEADERS, http_host, looks_like_http
 DATA = Path(__file__).resolve().parent / "data"
 
 
-def load_corpus_payloads() -> ModuleType:
-    """tests/daemon/data/corpus_payloads.py, by path (tests/ has no package files)."""
-    spec = importlib.util.spec_from_file_location("corpus_payloads", DATA / "corpus_payloads.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 GET = (b"GET /index.html HTTP/1.1\r\nHost: www.Example.org:8080\r\nUser-Agent: curl/8.5.0\r\n"
@@ -156,7 +148,7 @@ class TestHttpHost:
             assert host.isascii()
 
 
-CORPUS_PAYLOADS = load_corpus_payloads()
+CORPUS_PAYLOADS = corpus_payloads
 
 # Expected names douane deliberately does not report: nDPI prints the Host header's address
 # literal, which clean_hostname refuses (an address is not a hostname).

@@ -7,12 +7,11 @@ from RFC 9001 5.3-5.4 with `cryptography`'s primitives.
 
 from __future__ import annotations
 
-import importlib.util
 import struct
 from collections import Counter
 from pathlib import Path
-from types import ModuleType
 
+import corpus_payloads
 import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -37,13 +36,6 @@ from douane.daemon.tls import MAX_CLIENT_HELLO, ClientHello, parse_client_hello
 DATA = Path(__file__).resolve().parent / "data"
 
 
-def load_corpus_payloads() -> ModuleType:
-    """tests/daemon/data/corpus_payloads.py, by path (tests/ has no package files)."""
-    spec = importlib.util.spec_from_file_location("corpus_payloads", DATA / "corpus_payloads.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def hex_file(name: str) -> bytes:
@@ -423,7 +415,7 @@ class TestCryptoStream:
         assert stream.contiguous() == message[:prefix]
 
 
-CORPUS_PAYLOADS = load_corpus_payloads()
+CORPUS_PAYLOADS = corpus_payloads
 
 
 def quic_client_hello(name: str, key: tuple[str, int, str, int],

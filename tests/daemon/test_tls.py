@@ -6,12 +6,11 @@ Appendix A ClientHello is a real one; the corpus test runs the shared captures' 
 
 from __future__ import annotations
 
-import importlib.util
 import struct
 from collections import Counter
 from pathlib import Path
-from types import ModuleType
 
+import corpus_payloads
 import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
@@ -28,13 +27,6 @@ from douane.daemon.tls import (
 DATA = Path(__file__).resolve().parent / "data"
 
 
-def load_corpus_payloads() -> ModuleType:
-    """tests/daemon/data/corpus_payloads.py, by path (tests/ has no package files)."""
-    spec = importlib.util.spec_from_file_location("corpus_payloads", DATA / "corpus_payloads.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 # RFC 9001 Appendix A.2: the ClientHello inside the client Initial's CRYPTO frame (241 bytes).
@@ -311,7 +303,7 @@ class TestParseTlsStream:
         outcome(parse_tls_stream, bytes(data[:cut]) + tail)
 
 
-CORPUS_PAYLOADS = load_corpus_payloads()
+CORPUS_PAYLOADS = corpus_payloads
 
 
 @pytest.mark.skipif(not CORPUS_PAYLOADS.CORPUS.is_dir(), reason="shared corpus not present")
