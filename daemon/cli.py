@@ -28,8 +28,10 @@ from douane.daemon.evidence import EvidenceConfig, EvidenceError, EvidenceStore,
 from douane.daemon.explain import run_lookup
 from douane.daemon.flows import FlowTable
 from douane.daemon.identify import Identify
+from douane.daemon.live import CaptureError, LiveCapture, LiveConfig
 from douane.daemon.logsetup import configure_logging
-from douane.daemon.metrics import UNKNOWN, DaemonCollector, GeoDatabaseStatus, Metrics
+from douane.daemon.metrics import OTHER, UNKNOWN, DaemonCollector, GeoDatabaseStatus, Metrics
+from douane.daemon.notify import Notifier
 from douane.daemon.pcapfile import CaptureFile, CaptureFormatError, open_capture
 from douane.daemon.pipeline import Pipeline, Record, geo_stage, service_stage
 from douane.daemon.policy import Policy, policy_stage
@@ -84,26 +86,16 @@ class Replay:
 
     @classmethod
     def build(
-        cls, config: Config, sinks: Sequence[Any] = (), geo: GeoDatabases | None = None
+        cls, config: Config, sinks: Sequence[Any] = (), geo: GeoDatabases | None = None,
+        source: str = "pcap",
     ) -> Replay:
         """Wire a replay; `geo`, when given, is a started GeoDatabases to share (tests)."""
         registry = CollectorRegistry()
-        jurisdictions = load_jurisdictions(geo_files(config).ranges_dir, config.geo.cache_size)
-        metrics = Metrics(registry, jurisdictions.provider_labels)
+        metrics = Metrics(registry)
         geo_ready = geo is not None
         geo = geo if geo is not None else GeoDatabases(geo_config(config))
         summary = Summary()
-        catalogue = ServiceCatalogue.load()
-        policy = load_policy(config)
-        metrics.rules = frozenset(rule.name for rule in policy.rules) | {UNKNOWN}
-        pipeline = Pipeline(
-            # Jurisdiction after service: a service or hostname can name the controller. The
-            # policy last: it reads every field the stages before it fill.
-            [geo_stage(geo), service_stage(catalogue), make_jurisdiction_stage(jurisdictions),
-             zone_stage(config.zones), service_category_stage(catalogue),
-             policy_stage(policy, lambda expired: metrics.policy_exceptions_expired.set(len(expired)))],
-            metrics, [summary, *sinks],
-        )
+        pipeline = Pipeline(build_stages(config, geo, metrics), metrics, [summary, *sinks])
         evidence_sinks, evidence = evidence_parts(config)
         pipeline.sinks.extend(evidence_sinks)
         identify = Identify(config.identify)
@@ -115,7 +107,7 @@ class Replay:
                     table.stats.ignored, table.stats.dropped, len(table), table.stats.evictions,
                     table.stats.flows_created,
                 ),
-                sources=lambda: {"pcap": table.stats.packets},
+                sources=lambda: {source: table.stats.packets},
                 dns_cache_entries=lambda: len(identify.dns_cache),
                 geo_databases=replay.geo_status,
             )
@@ -154,6 +146,25 @@ def tune_gc() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
+
+
+def build_stages(config: Config, geo: GeoDatabases, metrics: Metrics) -> list[Any]:
+    """The enrichment and policy stages for a configuration (at start, and again on SIGHUP).
+
+    Raises ConfigError (PolicyError) for a bad policy; nothing is changed until it returns.
+    """
+    jurisdictions = load_jurisdictions(geo_files(config).ranges_dir, config.geo.cache_size)
+    catalogue = ServiceCatalogue.load()
+    policy = load_policy(config)
+    metrics.providers = frozenset(jurisdictions.provider_labels) | {OTHER, UNKNOWN}
+    metrics.rules = frozenset(rule.name for rule in policy.rules) | {UNKNOWN}
+    # Jurisdiction after service: a service or hostname can name the controller. The policy
+    # last: it reads every field the stages before it fill.
+    return [
+        geo_stage(geo), service_stage(catalogue), make_jurisdiction_stage(jurisdictions),
+        zone_stage(config.zones), service_category_stage(catalogue),
+        policy_stage(policy, lambda expired: metrics.policy_exceptions_expired.set(len(expired))),
+    ]
 
 
 def evidence_parts(config: Config) -> tuple[list[Any], EvidenceStore | None]:
@@ -303,6 +314,88 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return cmd_replay(args, demo_capture())
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    """Live capture until SIGTERM/SIGINT; SIGHUP reloads configuration, policy and databases."""
+    config = load_config(args.config)
+    configure_logging(config.log_level, config.log_format)
+    if not config.capture.interfaces:
+        print(f"douane run: {config.source}: key 'capture.interface': expected the interface(s) "
+              "to capture on", file=sys.stderr)
+        return EXIT_USAGE
+    sinks = [_json_sink(sys.stdout)] if args.json else []
+    daemon = Replay.build(config, sinks, source="live")
+    live = LiveCapture(LiveConfig(config.capture.interfaces, config.capture.bpf))
+    notifier = Notifier()
+    stop, reload = threading.Event(), threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGHUP, lambda *_: reload.set())
+    try:
+        live.start()
+        if daemon.evidence is not None:
+            daemon.evidence.start()
+    except (CaptureError, EvidenceError) as exc:
+        print(f"douane run: {exc}", file=sys.stderr)
+        live.stop()
+        return EXIT_USAGE
+    daemon.geo.start()
+    tune_gc()
+    host, port = parse_listen(config.exporter_listen)
+    server, thread = start_http_server(port, addr=host, registry=daemon.registry)
+    table, metrics = daemon.table, daemon.metrics
+    watchdog = {"last": 0.0}
+
+    def on_idle(now: float) -> None:
+        table.tick(now)
+        table.stats.dropped["kernel"] = live.drops()
+        if notifier.watchdog_seconds and now - watchdog["last"] >= notifier.watchdog_seconds:
+            notifier.send("WATCHDOG=1")
+            watchdog["last"] = now
+        if reload.is_set():
+            reload.clear()
+            reload_config()
+
+    def reload_config() -> None:
+        notifier.send("RELOADING=1")
+        try:
+            fresh = load_config(args.config)
+            geo = GeoDatabases(geo_config(fresh))
+            geo.start()
+            stages = build_stages(fresh, geo, metrics)
+        except ConfigError as exc:
+            # A bad file never replaces a working one: the daemon goes on with what it had.
+            metrics.config_reload.labels("failure").inc()
+            log.error("config_reload_refused", error=str(exc))
+        else:
+            daemon.pipeline.stages = stages
+            daemon.geo = geo
+            metrics.config_reload.labels("success").inc()
+            if fresh.capture != config.capture or fresh.flows != config.flows:
+                log.warning("config_reload_partial",
+                            detail="capture and flows settings apply at the next restart")
+            log.info("config_reloaded", source=fresh.source)
+        notifier.send("READY=1")
+
+    notifier.send("READY=1", f"STATUS=capturing on {', '.join(config.capture.interfaces)}")
+    log.info("capture_started", interfaces=list(config.capture.interfaces), bpf=config.capture.bpf,
+             exporter=config.exporter_listen)
+    try:
+        table.ingest_batches(live.batches(stop, on_idle))
+    finally:
+        notifier.send("STOPPING=1")
+        # SIGTERM: every active flow is declared (metrics, evidence) before the process exits.
+        table.stats.dropped["kernel"] = live.drops()
+        live.stop()
+        table.flush()
+        if daemon.evidence is not None:
+            daemon.evidence.stop()
+        sys.stdout.flush()
+        server.shutdown()
+        thread.join(timeout=5)
+        log.info("capture_stopped", packets=table.stats.packets, flows=table.stats.flows_created)
+    return EXIT_OK
+
+
 def cmd_lookup(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     # Start-up chatter would drown the answers; warnings (a missing database) still show.
@@ -396,6 +489,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--evidence", metavar="PATH",
                    help="keep flagged flows in this SQLite evidence store (overrides evidence.path)")
     p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("run", help="capture live on the configured interfaces (the daemon)")
+    add_config(p)
+    p.add_argument("--json", action="store_true", help="also print one flow record (JSON) per line")
+    p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("demo", help="replay the demo capture shipped with douane")
     p.add_argument("--json", action="store_true", help="print one flow record (JSON) per line")

@@ -349,6 +349,13 @@ class FlowTable:
                 self._on_update(flow)
                 queue.append((deadline + active, flow))
 
+    def tick(self, now: float) -> None:
+        """Time passes without packets (live capture): flows time out all the same."""
+        if now > self.now:
+            self.now = now
+            self._expire(now)
+            self._next_sweep = now + 1.0
+
     def flush(self) -> None:
         """End every flow (end of input, shutdown): each goes to on_close once."""
         self._expire(self.now)
