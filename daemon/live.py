@@ -67,6 +67,7 @@ class LiveCapture:
                 raise CaptureError(f"interface {name}: {exc.strerror or exc}") from None
 
     def _open(self, name: str) -> socket.socket:
+        index = socket.if_nametoindex(name)  # OSError "No such device" before anything else
         sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.config.rcvbuf)
@@ -74,7 +75,6 @@ class LiveCapture:
                 _attach_filter(sock, self.config.bpf, name)
             sock.bind((name, 0))
             if self.config.promiscuous:
-                index = socket.if_nametoindex(name)
                 mreq = struct.pack("IHH8s", index, PACKET_MR_PROMISC, 0, b"")
                 sock.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP, mreq)
             sock.setblocking(False)
@@ -153,5 +153,5 @@ def _attach_filter(sock: socket.socket, expression: str, name: str) -> None:
         raise CaptureError(f"cannot compile the BPF filter: {exc}") from None
     try:
         attach_filter(sock, expression, name)
-    except (Scapy_Exception, ImportError, OSError) as exc:
+    except (Scapy_Exception, ImportError, OSError, ValueError) as exc:
         raise CaptureError(f"BPF filter {expression!r}: {exc}") from None
