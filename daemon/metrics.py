@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -208,6 +208,8 @@ class Metrics:
             "Policy exceptions past their expiry date (they no longer apply; renew or remove them).",
             registry=registry,
         )
+        # process_* (memory, CPU, open files) for the health dashboard and the systemd memory limit.
+        ProcessCollector(registry=registry)
         self.build_info = Gauge(
             "douane_build_info", "douane's version.", ["version"], registry=registry
         )
