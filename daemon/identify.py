@@ -187,12 +187,7 @@ class Identify:
         state = flow.inspect
         if state is None:
             return
-        if state.content is not None:
-            before = state.content.malformed
-            evidence = state.content.evidence()
-            self.malformed += state.content.malformed - before
-            if evidence:
-                flow.evidence = evidence
+        self._keep_evidence(flow, state)
         if not final:
             return
         flow.inspect = None
@@ -365,7 +360,17 @@ class Identify:
             and flow.dport not in DNS_PORTS
             and not state.queries
         ):
+            # The inspection state goes now: what its bytes prove must stay with the flow.
+            self._keep_evidence(flow, state)
             flow.inspect = None
+
+    def _keep_evidence(self, flow: Flow, state: FlowState) -> None:
+        if state.content is not None:
+            before = state.content.malformed
+            evidence = state.content.evidence()
+            self.malformed += state.content.malformed - before
+            if evidence:
+                flow.evidence = evidence
 
     def _give_up(self, flow: Flow, state: FlowState, outward: bool) -> None:
         if outward:

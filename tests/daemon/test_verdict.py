@@ -67,6 +67,15 @@ class TestVerdicts:
         assert flow["data_categories"] == {"health": ["protocol:dicom", "zone:pacs"]}
         assert (flow["verdict"], flow["rule"]) == ("critical", "health-outside-eu")
 
+    def test_long_flow_keeps_its_evidence(self, tmp_path: Path) -> None:
+        """A long association (inspection stops after its first packets) keeps protocol:dicom."""
+        association = dicom_associate_rq("PACS", "ARCHIVE")
+        packets = tcp_session("10.20.0.15", AZURE_FR, 50126, 104, START, association, 200_000, 20_000)
+        records, _, _ = replay(tmp_path, packets)
+        flow = to(records, AZURE_FR, 104)
+        assert flow["packets_out"] > 100
+        assert "protocol:dicom" in flow["data_categories"]["health"]
+
     def test_pacs_dicom_to_ovhcloud_is_allowed(self, tmp_path: Path) -> None:
         """The same association to an OVHcloud address in France is allowed by the default policy."""
         association = dicom_associate_rq("PACS", "ARCHIVE")
