@@ -1,0 +1,547 @@
+"""NetFlow v5, NetFlow v9 (RFC 3954) and IPFIX (RFC 7011) export datagrams into flow records.
+
+`Decoder.decode` has the contract of every douane dissector (STYLE.md): it returns the records of one
+datagram (a list, possibly empty while templates are missing), returns `None` for a datagram that is
+not an export packet of an enabled protocol (unknown version), or raises `MalformedPacket`. Nothing
+else escapes. The decoder keeps per-exporter state: templates per (exporter, observation domain or
+source id), data sets held until their template arrives (bounded in number and time), sampling
+intervals from options records, and the next expected sequence number.
+
+Each record is a `FlowRecord`: the flow as the exporter saw it, `src` -> `dst`, with the reverse
+direction's counters when the exporter sends biflow records (RFC 5103).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import deque
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from douane.daemon.dissect import MalformedPacket
+
+NETFLOW5 = "netflow5"
+NETFLOW9 = "netflow9"
+IPFIX = "ipfix"
+PROTOCOLS = (NETFLOW5, NETFLOW9, IPFIX)
+
+# Information elements (IANA IPFIX registry; NetFlow v9 field types share the numbers below 128).
+IE_OCTETS = 1
+IE_PACKETS = 2
+IE_PROTOCOL = 4
+IE_TCP_FLAGS = 6
+IE_SRC_PORT = 7
+IE_SRC_V4 = 8
+IE_DST_PORT = 11
+IE_DST_V4 = 12
+IE_LAST_SWITCHED = 21  # sysUpTime milliseconds at the last packet (v9, and IPFIX with IE 160)
+IE_FIRST_SWITCHED = 22
+IE_SRC_V6 = 27
+IE_DST_V6 = 28
+IE_SAMPLING_INTERVAL = 34
+IE_DIRECTION = 61  # 0 ingress, 1 egress
+IE_OCTETS_TOTAL = 85
+IE_PACKETS_TOTAL = 86
+IE_START_SECONDS = 150
+IE_END_SECONDS = 151
+IE_START_MS = 152
+IE_END_MS = 153
+IE_SYSTEM_INIT_MS = 160
+IE_SAMPLING_PACKET_INTERVAL = 305
+IE_SAMPLING_PACKET_SPACE = 306
+ENTERPRISE_REVERSE = 29305  # RFC 5103 section 6.1: reverse IEs share the forward numbers
+VARIABLE_LENGTH = 65535  # RFC 7011 section 7
+
+V5_HEADER = struct.Struct("!HHIIIIBBH")  # version, count, uptime, secs, nsecs, sequence, engine, sampling
+# src, dst, (next hop), interfaces, packets, octets, first, last, ports, flags, proto, tos, (AS, masks)
+V5_RECORD = struct.Struct("!4s4s4xHHIIIIHHxBBB8x")
+V5_MAX_COUNT = 30  # Cisco's documented maximum records per v5 datagram
+V9_HEADER = struct.Struct("!HHIIII")  # version, count, uptime, secs, sequence, source id
+IPFIX_HEADER = struct.Struct("!HHIII")  # version, length, export time, sequence, domain
+SET_HEADER = struct.Struct("!HH")
+U16 = struct.Struct("!H")
+U32 = struct.Struct("!I")
+
+
+class FlowRecord(NamedTuple):
+    """One decoded flow record, oriented as the exporter sent it (src -> dst)."""
+
+    proto: int
+    src: bytes  # raw 4- or 16-byte address
+    sport: int
+    dst: bytes
+    dport: int
+    packets: int  # src -> dst, scaled by the sampling interval
+    bytes: int
+    rpackets: int  # dst -> src: only biflow records (RFC 5103) carry these
+    rbytes: int
+    first: float  # Unix seconds
+    last: float
+    tcp_flags: int
+    direction: int | None  # IE 61: 0 ingress, 1 egress, None when absent
+    sampling: int  # the interval the counters were scaled by (1: not sampled)
+
+
+@dataclass(frozen=True)
+class DecoderConfig:
+    """Decoder bounds (YAML section `capture.collector`)."""
+
+    protocols: tuple[str, ...] = PROTOCOLS
+    max_templates: int = 4096  # over all exporters; the oldest template goes first
+    template_timeout: float = 1800.0  # RFC 7011 section 8.4 leaves it to configuration; 30 min
+    max_pending: int = 1024  # data sets held waiting for their template
+    pending_timeout: float = 10.0  # seconds a data set may wait for its template
+
+
+@dataclass
+class ExporterStats:
+    """Per-exporter health, plain integers read by the metrics collector."""
+
+    datagrams: int = 0
+    records: int = 0
+    templates: int = 0
+    sequence_gaps: int = 0  # export packets (v5: records; IPFIX: records) lost, by sequence
+    unknown_template: int = 0  # data sets dropped: their template never came in time
+    malformed: int = 0
+
+
+# A template's fields: (key, length) with key = IE number, or enterprise << 16 | IE number.
+Fields = tuple[tuple[int, int], ...]
+Domain = tuple[str, int, int]  # (exporter, version, source id / observation domain)
+
+
+@dataclass
+class _Template:
+    fields: Fields
+    scope_count: int  # options templates: the scope fields come first
+    stored: float
+    fixed: int  # length of one record when no field is variable-length, else 0
+    minimum: int  # the smallest a record can be
+
+
+@dataclass
+class _DomainState:
+    sequence: int | None = None
+    sampling: int = 1
+    system_init: float | None = None  # IPFIX IE 160, for exporters sending 21/22 (softflowd)
+    pending: deque[tuple[float, int, bytes, float, float]] = field(default_factory=deque)
+
+
+def _reverse(ie: int) -> int:
+    return ENTERPRISE_REVERSE << 16 | ie
+
+
+R_OCTETS = _reverse(IE_OCTETS)
+R_PACKETS = _reverse(IE_PACKETS)
+R_OCTETS_TOTAL = _reverse(IE_OCTETS_TOTAL)
+R_PACKETS_TOTAL = _reverse(IE_PACKETS_TOTAL)
+
+
+def _truncated(what: str) -> MalformedPacket:
+    return MalformedPacket("truncated", what)
+
+
+def _malformed(what: str) -> MalformedPacket:
+    return MalformedPacket("malformed", what)
+
+
+def decode_v5(data: bytes, enabled_sampling: bool = True) -> tuple[int, int, list[FlowRecord]]:
+    """A NetFlow v5 datagram into (sequence, record count, records); raises MalformedPacket."""
+    if len(data) < V5_HEADER.size:
+        raise _truncated("netflow5 header")
+    version, count, uptime, secs, nsecs, sequence, _engine, _eid, sampling = V5_HEADER.unpack_from(data)
+    if version != 5:
+        raise _malformed("netflow5 version")
+    if count == 0 or count > V5_MAX_COUNT:
+        raise _malformed("netflow5 count")
+    if len(data) < V5_HEADER.size + count * V5_RECORD.size:
+        raise _truncated("netflow5 records")
+    # Top two bits: sampling mode; low 14 bits: the interval (0 or 1: every packet).
+    interval = sampling & 0x3FFF if enabled_sampling else 0
+    scale = interval if interval > 1 else 1
+    now_ms = secs * 1000 + nsecs // 1_000_000
+    records = []
+    offset = V5_HEADER.size
+    for _ in range(count):
+        (src, dst, _inp, _out, pkts, octets, first, last, sport, dport, flags, proto,
+         _tos) = V5_RECORD.unpack_from(data, offset)
+        offset += V5_RECORD.size
+        records.append(FlowRecord(
+            proto, src, sport, dst, dport, pkts * scale, octets * scale, 0, 0,
+            _uptime_time(now_ms, uptime, first), _uptime_time(now_ms, uptime, last), flags, None,
+            scale,
+        ))
+    return sequence, count, records
+
+
+def _uptime_time(now_ms: int, uptime: int, at: int) -> float:
+    """An exporter's sysUpTime milliseconds as Unix seconds; sysUpTime wraps at 2**32 ms."""
+    delta = (uptime - at) & 0xFFFFFFFF
+    if delta >= 0x80000000:
+        delta -= 0x100000000  # `at` after the header's uptime: a clock quirk, not 49 days ago
+    return (now_ms - delta) / 1000.0
+
+
+def parse_template_fields(
+    data: bytes, offset: int, end: int, count: int, ipfix: bool
+) -> tuple[Fields, int]:
+    """`count` field specifiers from `offset`: (fields, offset after). Raises MalformedPacket."""
+    fields = []
+    for _ in range(count):
+        if offset + 4 > end:
+            raise _truncated("template field")
+        ie, length = SET_HEADER.unpack_from(data, offset)
+        offset += 4
+        if ipfix and ie & 0x8000:  # RFC 7011 section 3.2: enterprise bit, then the number
+            if offset + 4 > end:
+                raise _truncated("template enterprise number")
+            (enterprise,) = U32.unpack_from(data, offset)
+            offset += 4
+            # Only RFC 5103's reverse elements are read; other enterprises' are skipped by length.
+            key = ENTERPRISE_REVERSE << 16 | (ie & 0x7FFF) if enterprise == ENTERPRISE_REVERSE else -1
+        else:
+            key = ie
+        if length == 0 or (length == VARIABLE_LENGTH and not ipfix):
+            raise _malformed("template field length")
+        fields.append((key, length))
+    return tuple(fields), offset
+
+
+def _make_template(fields: Fields, scope_count: int, now: float) -> _Template:
+    variable = any(length == VARIABLE_LENGTH for _k, length in fields)
+    minimum = sum(1 if length == VARIABLE_LENGTH else length for _k, length in fields)
+    return _Template(fields, scope_count, now, 0 if variable else minimum, minimum)
+
+
+class Decoder:
+    """Stateful decoder for every exporter: templates, held data sets, sampling and sequences."""
+
+    def __init__(self, config: DecoderConfig) -> None:
+        self.config = config
+        self.stats: dict[str, ExporterStats] = {}
+        self._templates: dict[tuple[Domain, int], _Template] = {}
+        self._domains: dict[Domain, _DomainState] = {}
+        self._pending_total = 0
+        self._enabled = frozenset(config.protocols)
+        self._released: list[FlowRecord] = []  # records of held sets whose template just came
+        self._last_data_records = 0  # data records in the message being decoded (IPFIX sequence)
+
+    def exporter_stats(self, exporter: str) -> ExporterStats:
+        stats = self.stats.get(exporter)
+        if stats is None:
+            stats = self.stats[exporter] = ExporterStats()
+        return stats
+
+    def template_count(self) -> int:
+        return len(self._templates)
+
+    def decode(self, data: bytes, exporter: str, now: float) -> list[FlowRecord] | None:
+        """One datagram from `exporter` received at `now` (Unix seconds).
+
+        Returns the records (possibly none), None for an unknown or disabled version; raises
+        MalformedPacket (counted in the exporter's `malformed`).
+        """
+        if len(data) < 2:
+            raise self._count_malformed(exporter, _truncated("export version"))
+        version = data[0] << 8 | data[1]
+        name = {5: NETFLOW5, 9: NETFLOW9, 10: IPFIX}.get(version)
+        if name is None or name not in self._enabled:
+            return None
+        stats = self.exporter_stats(exporter)
+        stats.datagrams += 1
+        try:
+            if version == 5:
+                sequence, count, records = decode_v5(data)
+                self._sequence(stats, (exporter, 5, 0), sequence, count)
+            elif version == 9:
+                records = self._decode_v9(data, exporter, stats, now)
+            else:
+                records = self._decode_ipfix(data, exporter, stats, now)
+        except MalformedPacket as exc:
+            stats.malformed += 1
+            self._released.clear()
+            raise exc from None
+        if self._released:
+            records.extend(self._released)
+            self._released.clear()
+        stats.records += len(records)
+        return records
+
+    def _count_malformed(self, exporter: str, exc: MalformedPacket) -> MalformedPacket:
+        self.exporter_stats(exporter).malformed += 1
+        return exc
+
+    def _sequence(self, stats: ExporterStats, domain: Domain, sequence: int, advance: int) -> None:
+        """Counts lost export packets (v9) or records (v5, IPFIX) from the sequence numbers."""
+        state = self._domain(domain)
+        expected = state.sequence
+        if expected is not None and sequence != expected:
+            gap = (sequence - expected) & 0xFFFFFFFF
+            # A small step back is reordering or a restarted exporter, not 4 billion lost.
+            if gap < 0x80000000:
+                stats.sequence_gaps += gap
+        state.sequence = (sequence + advance) & 0xFFFFFFFF
+
+    def _domain(self, domain: Domain) -> _DomainState:
+        state = self._domains.get(domain)
+        if state is None:
+            if len(self._domains) >= self.config.max_templates:
+                # Bounded like the templates: forget the oldest domain's state.
+                del self._domains[next(iter(self._domains))]
+            state = self._domains[domain] = _DomainState()
+        return state
+
+    # --- NetFlow v9 (RFC 3954) -------------------------------------------------------------------
+
+    def _decode_v9(self, data: bytes, exporter: str, stats: ExporterStats, now: float
+                   ) -> list[FlowRecord]:
+        if len(data) < V9_HEADER.size:
+            raise _truncated("netflow9 header")
+        _v, _count, uptime, secs, sequence, source = V9_HEADER.unpack_from(data)
+        domain = (exporter, 9, source)
+        # RFC 3954 section 5.1: the sequence counts export packets.
+        self._sequence(stats, domain, sequence, 1)
+        base = (secs * 1000.0 - uptime) / 1000.0  # the exporter's boot time, Unix seconds
+        return self._sets(data, V9_HEADER.size, len(data), domain, stats, now, base, ipfix=False)
+
+    # --- IPFIX (RFC 7011) ------------------------------------------------------------------------
+
+    def _decode_ipfix(self, data: bytes, exporter: str, stats: ExporterStats, now: float
+                      ) -> list[FlowRecord]:
+        if len(data) < IPFIX_HEADER.size:
+            raise _truncated("ipfix header")
+        _v, length, export_time, sequence, domain_id = IPFIX_HEADER.unpack_from(data)
+        # RFC 7011 section 3.1: the length covers the whole message, header included.
+        if length < IPFIX_HEADER.size:
+            raise _malformed("ipfix length")
+        if length > len(data):
+            raise _truncated("ipfix message")
+        del export_time  # record times come from IEs 152/153, 150/151 or 21/22 with IE 160
+        domain = (exporter, 10, domain_id)
+        records = self._sets(data, IPFIX_HEADER.size, length, domain, stats, now, None, ipfix=True)
+        # Section 3.1: the sequence counts data records sent before this message, options included.
+        self._sequence(stats, domain, sequence, self._last_data_records)
+        return records
+
+    # --- sets, shared --------------------------------------------------------------------------
+
+    def _sets(self, data: bytes, offset: int, end: int, domain: Domain, stats: ExporterStats,
+              now: float, base: float | None, ipfix: bool) -> list[FlowRecord]:
+        template_set, options_set = (2, 3) if ipfix else (0, 1)
+        records: list[FlowRecord] = []
+        self._last_data_records = 0
+        self.expire(now)
+        while offset + 4 <= end:
+            set_id, length = SET_HEADER.unpack_from(data, offset)
+            # RFC 7011 section 3.3.2 / RFC 3954 section 5.2: the length includes the set header.
+            if length < 4:
+                raise _malformed("set length")
+            if offset + length > end:
+                raise _truncated("set")
+            body, body_end = offset + 4, offset + length
+            offset = body_end
+            if set_id == template_set:
+                self._templates_in(data, body, body_end, domain, stats, now, ipfix, options=False)
+            elif set_id == options_set:
+                self._templates_in(data, body, body_end, domain, stats, now, ipfix, options=True)
+            elif set_id >= 256:
+                chunk = data[body:body_end]
+                template = self._template(domain, set_id, now)
+                if template is None:
+                    self._hold(domain, set_id, chunk, now, base)
+                else:
+                    self._data(chunk, template, domain, base, records)
+            # Set ids 4..255 are reserved (RFC 7011 section 3.3.2): skipped by length.
+        if offset != end and end - offset >= 4:
+            raise _malformed("set alignment")
+        return records
+
+    def _template(self, domain: Domain, template_id: int, now: float) -> _Template | None:
+        template = self._templates.get((domain, template_id))
+        if template is not None and now - template.stored > self.config.template_timeout:
+            del self._templates[(domain, template_id)]
+            return None
+        return template
+
+    def _templates_in(self, data: bytes, offset: int, end: int, domain: Domain,
+                      stats: ExporterStats, now: float, ipfix: bool, options: bool) -> None:
+        ipfix_options = ipfix and options
+        header = 6 if ipfix_options else (6 if options else 4)
+        while end - offset >= header:
+            (template_id,) = U16.unpack_from(data, offset)
+            if options and not ipfix:
+                # RFC 3954 section 6.1: scope and option lengths in bytes, four per field.
+                scope_len, option_len = SET_HEADER.unpack_from(data, offset + 2)
+                if scope_len % 4 or option_len % 4:
+                    raise _malformed("netflow9 options template lengths")
+                scope_count, count = scope_len // 4, (scope_len + option_len) // 4
+            else:
+                (count,) = U16.unpack_from(data, offset + 2)
+                scope_count = U16.unpack_from(data, offset + 4)[0] if ipfix_options else 0
+            offset += header
+            if template_id < 256:
+                raise _malformed("template id")
+            if count == 0:
+                # RFC 7011 section 8.1: a withdrawal (field count 0).
+                self._templates.pop((domain, template_id), None)
+                continue
+            if scope_count > count or (ipfix_options and scope_count == 0):
+                raise _malformed("options template scope count")
+            fields, offset = parse_template_fields(data, offset, end, count, ipfix)
+            if len(self._templates) >= self.config.max_templates and (
+                (domain, template_id) not in self._templates
+            ):
+                oldest = min(self._templates, key=lambda k: self._templates[k].stored)
+                del self._templates[oldest]
+            template = _make_template(fields, scope_count, now)
+            self._templates[(domain, template_id)] = template
+            stats.templates += 1
+            self._release(domain, template_id, template)
+        # What is left is padding (RFC 7011 section 3.3.1), shorter than a template header.
+
+    # --- held data sets ------------------------------------------------------------------------
+
+    def _hold(self, domain: Domain, set_id: int, chunk: bytes, now: float, base: float | None
+              ) -> None:
+        state = self._domain(domain)
+        if self._pending_total >= self.config.max_pending:
+            self.exporter_stats(domain[0]).unknown_template += 1
+            return
+        state.pending.append((now + self.config.pending_timeout, set_id, chunk, now,
+                              base if base is not None else -1.0))
+        self._pending_total += 1
+
+    def _release(self, domain: Domain, template_id: int, template: _Template) -> None:
+        state = self._domains.get(domain)
+        if state is None or not state.pending:
+            return
+        kept: deque[tuple[float, int, bytes, float, float]] = deque()
+        released: list[FlowRecord] = []
+        for item in state.pending:
+            if item[1] == template_id:
+                self._pending_total -= 1
+                base = item[4] if item[4] >= 0 else None
+                try:
+                    self._data(item[2], template, domain, base, released)
+                except MalformedPacket:
+                    self.exporter_stats(domain[0]).malformed += 1
+            else:
+                kept.append(item)
+        state.pending = kept
+        self._released.extend(released)
+
+    def expire(self, now: float) -> None:
+        """Held data sets past their time are dropped and counted as `unknown_template`."""
+        if not self._pending_total:
+            return
+        for domain, state in self._domains.items():
+            pending = state.pending
+            while pending and pending[0][0] <= now:
+                pending.popleft()
+                self._pending_total -= 1
+                self.exporter_stats(domain[0]).unknown_template += 1
+
+    # --- data records --------------------------------------------------------------------------
+
+    def _data(self, chunk: bytes, template: _Template, domain: Domain, base: float | None,
+              out: list[FlowRecord]) -> None:
+        fields = template.fields
+        offset = 0
+        end = len(chunk)
+        state = self._domain(domain)
+        # Padding (RFC 7011 section 3.3.1; RFC 3954 section 5.3) is shorter than the smallest record.
+        while end - offset >= template.minimum:
+            values: dict[int, int | bytes] = {}
+            for key, declared in fields:
+                length = declared
+                if declared == VARIABLE_LENGTH:
+                    # RFC 7011 section 7: one length byte, or 255 then two.
+                    if offset >= end:
+                        raise _truncated("variable-length field")
+                    length = chunk[offset]
+                    offset += 1
+                    if length == 255:
+                        if offset + 2 > end:
+                            raise _truncated("variable-length field")
+                        length = chunk[offset] << 8 | chunk[offset + 1]
+                        offset += 2
+                if offset + length > end:
+                    raise _truncated("data record")
+                if key >= 0 and key not in values:
+                    raw = chunk[offset:offset + length]
+                    if key in ADDRESS_KEYS:
+                        values[key] = raw
+                    elif length <= 8:
+                        values[key] = int.from_bytes(raw, "big")
+                offset += length
+            if template.scope_count:
+                self._options(values, state)
+                continue
+            record = self._record(values, state, base)
+            if record is not None:
+                out.append(record)
+            self._last_data_records += 1
+
+    def _options(self, values: dict[int, int | bytes], state: _DomainState) -> None:
+        """Options data: the sampling interval and the exporter's start time."""
+        self._last_data_records += 1
+        interval = values.get(IE_SAMPLING_INTERVAL)
+        packet_interval = values.get(IE_SAMPLING_PACKET_INTERVAL)
+        space = values.get(IE_SAMPLING_PACKET_SPACE)
+        if isinstance(interval, int):
+            state.sampling = interval if interval > 1 else 1
+        elif isinstance(packet_interval, int) and isinstance(space, int) and packet_interval > 0:
+            # RFC 5476: take `interval` packets, skip `space`: one in (interval+space)/interval.
+            state.sampling = max(1, round((packet_interval + space) / packet_interval))
+        init = values.get(IE_SYSTEM_INIT_MS)
+        if isinstance(init, int):
+            state.system_init = init / 1000.0
+
+    def _record(self, values: dict[int, int | bytes], state: _DomainState, base: float | None
+                ) -> FlowRecord | None:
+        src = values.get(IE_SRC_V4)
+        dst = values.get(IE_DST_V4)
+        if not (isinstance(src, bytes) and isinstance(dst, bytes)):
+            src = values.get(IE_SRC_V6)
+            dst = values.get(IE_DST_V6)
+            if not (isinstance(src, bytes) and isinstance(dst, bytes)):
+                return None  # not an IP flow record (MAC-only, options we do not read)
+        if len(src) not in (4, 16) or len(src) != len(dst):
+            raise _malformed("address length")
+        scale = state.sampling
+        packets = _int(values, IE_PACKETS, IE_PACKETS_TOTAL) * scale
+        octets = _int(values, IE_OCTETS, IE_OCTETS_TOTAL) * scale
+        rpackets = _int(values, R_PACKETS, R_PACKETS_TOTAL) * scale
+        roctets = _int(values, R_OCTETS, R_OCTETS_TOTAL) * scale
+        first = last = 0.0
+        start_ms = values.get(IE_START_MS)
+        end_ms = values.get(IE_END_MS)
+        if isinstance(start_ms, int) and isinstance(end_ms, int):
+            first, last = start_ms / 1000.0, end_ms / 1000.0
+        elif isinstance(values.get(IE_START_SECONDS), int):
+            first = float(_int(values, IE_START_SECONDS, IE_START_SECONDS))
+            last = float(_int(values, IE_END_SECONDS, IE_START_SECONDS))
+        else:
+            origin = base if base is not None else state.system_init
+            fs = values.get(IE_FIRST_SWITCHED)
+            ls = values.get(IE_LAST_SWITCHED)
+            if origin is not None and isinstance(fs, int) and isinstance(ls, int):
+                first, last = origin + fs / 1000.0, origin + ls / 1000.0
+        direction = values.get(IE_DIRECTION)
+        return FlowRecord(
+            _int(values, IE_PROTOCOL, IE_PROTOCOL), src, _int(values, IE_SRC_PORT, IE_SRC_PORT),
+            dst, _int(values, IE_DST_PORT, IE_DST_PORT), packets, octets, rpackets, roctets,
+            first, max(first, last), _int(values, IE_TCP_FLAGS, IE_TCP_FLAGS) & 0xFF,
+            direction if isinstance(direction, int) else None, scale,
+        )
+
+
+ADDRESS_KEYS = frozenset({IE_SRC_V4, IE_DST_V4, IE_SRC_V6, IE_DST_V6,
+                          _reverse(IE_SRC_V4), _reverse(IE_DST_V4)})
+
+
+def _int(values: dict[int, int | bytes], key: int, fallback: int) -> int:
+    value = values.get(key)
+    if not isinstance(value, int):
+        value = values.get(fallback)
+    return value if isinstance(value, int) else 0

@@ -1,0 +1,322 @@
+"""NetFlow v5/v9 and IPFIX decoding: real softflowd datagrams, built edge cases, fuzzing."""
+
+from __future__ import annotations
+
+import contextlib
+import struct
+
+import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
+
+from douane.daemon.dissect import MalformedPacket
+from douane.daemon.netflow import (
+    ENTERPRISE_REVERSE,
+    NETFLOW9,
+    Decoder,
+    DecoderConfig,
+    FlowRecord,
+    decode_v5,
+)
+
+EXPORTER = "192.0.2.1"
+NOW = 1_800_000_000.0
+C4 = bytes([10, 0, 0, 5])
+S4 = bytes([93, 184, 216, 34])
+
+# Datagrams softflowd 1.1.0 sent for a scapy capture: one TCP flow 10.0.0.5:40000 <-> 93.184.216.34:443
+# (4 packets/260 IP bytes out, 3/1120 back) and one UDP flow fd00::5:5353 <-> 2001:db8::1:53.
+# `softflowd -r t.pcap -n 127.0.0.1:PORT -v 5|9|10 -6 -d -c none`, received on a UDP socket.
+SOFTFLOWD_V5 = bytes.fromhex(
+    "00050002000000006b0b182a2da1a7e800000000000000000a0000055db8d82200000000000000000000000400000104"
+    "ac8f00f2ac8f012e9c4001bb0013060000000000000000005db8d8220a00000500000000000000000000000300000460"
+    "ac8f00f2ac8f012e01bb9c40001306000000000000000000"
+)
+SOFTFLOWD_V9 = bytes.fromhex(
+    "00090004000000006b0b182b0000000100000000000000480400001000080004000c0004001600040015000400010004"
+    "00020004000a0004000e0004003d00010088000100070002000b00020004000100060001003c00010005000100000040"
+    "0401000e00080004000c000400160004001500040001000400020004000a0004000e0004003d00010088000100200002"
+    "00040001003c0001000500010000004808000010001b0010001c001000160004001500040001000400020004000a0004"
+    "000e0004003d00010088000100070002000b00020004000100060001003c000100050001000000400801000e001b0010"
+    "001c001000160004001500040001000400020004000a0004000e0004003d000100880001008b000200040001003c0001"
+    "000500010001001a01000004000c000200040022000400230001005200100100001d000000000000000101742e706361"
+    "7000000000000000000000040000590a0000055db8d822ac8efef6ac8eff320000010400000004000000000000000000"
+    "039c4001bb061304005db8d8220a000005ac8efef6ac8eff3200000460000000030000000000000000010301bb9c4006"
+    "130400000800008820010db8000000000000000000000001fd000000000000000000000000000005ac8eff3cac8eff46"
+    "000000800000000100000000000000000001003514e911000600fd00000000000000000000000000000520010db80000"
+    "00000000000000000001ac8eff3cac8eff460000004e000000010000000000000000010114e9003511000600"
+)
+SOFTFLOWD_IPFIX = bytes.fromhex(
+    "000a024c6b0b18310000000400000000000200480400001000080004000c000400160004001500040001000400020004"
+    "000a0004000e0004003d00010088000100070002000b00020004000100060001003c000100050001000200400401000e"
+    "00080004000c000400160004001500040001000400020004000a0004000e0004003d0001008800010020000200040001"
+    "003c0001000500010002004808000010001b0010001c001000160004001500040001000400020004000a0004000e0004"
+    "003d00010088000100070002000b00020004000100060001003c000100050001000200400801000e001b0010001c0010"
+    "00160004001500040001000400020004000a0004000e0004003d000100880001008b000200040001003c000100050001"
+    "00030022010000060001008f000400a00008013100040132000401300002005200100100002a00002f4a000001a22356"
+    "834e00000001000000000001742e7063617000000000000000000000040000580a0000055db8d822ac8ee4b1ac8ee4ed"
+    "0000010400000004000000000000000000039c4001bb061304005db8d8220a000005ac8ee4b1ac8ee4ed000004600000"
+    "00030000000000000000010301bb9c40061304000800008820010db8000000000000000000000001fd00000000000000"
+    "0000000000000005ac8ee4f7ac8ee501000000800000000100000000000000000001003514e911000600fd0000000000"
+    "0000000000000000000520010db8000000000000000000000001ac8ee4f7ac8ee5010000004e00000001000000000000"
+    "0000010114e9003511000600"
+)
+
+
+def ipfix(*sets: bytes, sequence: int = 0, domain: int = 1) -> bytes:
+    """An IPFIX message (RFC 7011 section 3.1): version 10, length, export time, sequence, domain."""
+    body = b"".join(sets)
+    return struct.pack("!HHIII", 10, 16 + len(body), int(NOW), sequence, domain) + body
+
+
+def v9(*sets: bytes, sequence: int = 0, source: int = 1, uptime: int = 60_000) -> bytes:
+    """A NetFlow v9 packet (RFC 3954 section 5.1)."""
+    body = b"".join(sets)
+    return struct.pack("!HHIIII", 9, len(sets), uptime, int(NOW), sequence, source) + body
+
+
+def a_set(set_id: int, body: bytes) -> bytes:
+    return struct.pack("!HH", set_id, 4 + len(body)) + body
+
+
+def template(template_id: int, *fields: tuple[int, int] | tuple[int, int, int]) -> bytes:
+    out = struct.pack("!HH", template_id, len(fields))
+    for spec in fields:
+        if len(spec) == 3:
+            out += struct.pack("!HHI", spec[0] | 0x8000, spec[1], spec[2])
+        else:
+            out += struct.pack("!HH", *spec)
+    return out
+
+
+# IPv4 5-tuple, counters and millisecond times: the shape most exporters send.
+FIELDS_V4 = ((8, 4), (12, 4), (7, 2), (11, 2), (4, 1), (2, 4), (1, 4), (152, 8), (153, 8))
+
+
+def record_v4(packets: int = 3, octets: int = 300) -> bytes:
+    return (C4 + S4 + struct.pack("!HHBII", 40000, 443, 6, packets, octets)
+            + struct.pack("!QQ", 1_799_999_999_000, 1_800_000_000_000))
+
+
+def decoder(**kw: object) -> Decoder:
+    return Decoder(DecoderConfig(**kw))  # type: ignore[arg-type]
+
+
+class TestSoftflowd:
+    def test_v5(self) -> None:
+        """softflowd's v5 datagram gives both directions of the TCP flow with IP byte counts."""
+        records = decoder().decode(SOFTFLOWD_V5, EXPORTER, NOW)
+        assert records is not None
+        assert [(r.src, r.sport, r.dst, r.dport, r.proto, r.packets, r.bytes) for r in records] == [
+            (C4, 40000, S4, 443, 6, 4, 260), (S4, 443, C4, 40000, 6, 3, 1120)]
+
+    @pytest.mark.parametrize("data", [SOFTFLOWD_V9, SOFTFLOWD_IPFIX], ids=["v9", "ipfix"])
+    def test_v9_and_ipfix(self, data: bytes) -> None:
+        """Templates and data in one datagram: IPv4 and IPv6 records, options read, times set."""
+        d = decoder()
+        records = d.decode(data, EXPORTER, NOW)
+        assert records is not None
+        got = {(r.src, r.sport, r.dst, r.dport, r.proto): (r.packets, r.bytes) for r in records}
+        assert got[(C4, 40000, S4, 443, 6)] == (4, 260)
+        assert got[(S4, 443, C4, 40000, 6)] == (3, 1120)
+        v6 = {k: v for k, v in got.items() if len(k[0]) == 16}
+        assert sorted(v6.values()) == [(1, 78), (1, 128)]
+        assert all(r.first > 1_700_000_000 and r.last >= r.first for r in records)
+        stats = d.stats[EXPORTER]
+        assert (stats.records, stats.templates, stats.malformed) == (4, 5, 0)
+
+    def test_v5_pure_function(self) -> None:
+        """decode_v5 returns the sequence and record count for gap accounting."""
+        sequence, count, records = decode_v5(SOFTFLOWD_V5)
+        assert (sequence, count, len(records)) == (0, 2, 2)
+
+
+class TestDecoder:
+    def test_unknown_version(self) -> None:
+        """A datagram that is no export packet, or of a disabled protocol, gives None."""
+        assert decoder().decode(b"\x00\x07rest", EXPORTER, NOW) is None
+        assert decoder(protocols=(NETFLOW9,)).decode(SOFTFLOWD_IPFIX, EXPORTER, NOW) is None
+
+    def test_enterprise_and_variable_length_fields_skipped(self) -> None:
+        """Enterprise fields and variable-length fields (both length forms) are skipped cleanly."""
+        fields = ((8, 4), (12, 4), (100, 2, 9), (82, 65535), (2, 4), (1, 4), (83, 65535))
+        data = (C4 + S4 + b"\xff\xff" + b"\x03abc" + struct.pack("!II", 2, 200)
+                + b"\xff\x01\x00" + b"z" * 256)
+        records = decoder().decode(
+            ipfix(a_set(2, template(300, *fields)), a_set(300, data)), EXPORTER, NOW)
+        assert records is not None
+        assert [(r.src, r.dst, r.packets, r.bytes) for r in records] == [(C4, S4, 2, 200)]
+
+    def test_biflow(self) -> None:
+        """RFC 5103 reverse counters (enterprise 29305) fill the record's reverse direction."""
+        fields = (*FIELDS_V4, (2, 4, ENTERPRISE_REVERSE), (1, 4, ENTERPRISE_REVERSE))
+        data = record_v4() + struct.pack("!II", 5, 5000)
+        records = decoder().decode(
+            ipfix(a_set(2, template(256, *fields)), a_set(256, data)), EXPORTER, NOW)
+        assert records is not None
+        (r,) = records
+        assert (r.packets, r.bytes, r.rpackets, r.rbytes) == (3, 300, 5, 5000)
+        assert (r.first, r.last) == (1_799_999_999.0, 1_800_000_000.0)
+
+    def test_ipv6(self) -> None:
+        """IEs 27/28 give 16-byte addresses."""
+        fields = ((27, 16), (28, 16), (7, 2), (11, 2), (4, 1), (2, 4), (1, 4))
+        src, dst = bytes(15) + b"\x01", b"\xfd" + bytes(15)
+        data = src + dst + struct.pack("!HHBII", 1, 2, 17, 1, 100)
+        records = decoder().decode(
+            ipfix(a_set(2, template(256, *fields)), a_set(256, data)), EXPORTER, NOW)
+        assert records is not None
+        assert [(r.src, r.dst, r.proto) for r in records] == [(src, dst, 17)]
+
+    def test_data_before_template_is_held_then_released(self) -> None:
+        """A data set that comes before its template is decoded when the template arrives."""
+        d = decoder()
+        assert d.decode(ipfix(a_set(256, record_v4())), EXPORTER, NOW) == []
+        records = d.decode(ipfix(a_set(2, template(256, *FIELDS_V4)), sequence=1), EXPORTER, NOW + 1)
+        assert records is not None
+        assert [(r.src, r.packets) for r in records] == [(C4, 3)]
+        assert d.stats[EXPORTER].unknown_template == 0
+
+    def test_held_data_expires_as_unknown_template(self) -> None:
+        """A held data set whose template never comes in time is counted as unknown_template."""
+        d = decoder(pending_timeout=5.0)
+        d.decode(ipfix(a_set(256, record_v4())), EXPORTER, NOW)
+        d.expire(NOW + 6)
+        records = d.decode(ipfix(a_set(2, template(256, *FIELDS_V4)), sequence=1), EXPORTER, NOW + 7)
+        assert records == []
+        assert d.stats[EXPORTER].unknown_template == 1
+
+    def test_held_data_bounded(self) -> None:
+        """Beyond max_pending held sets, more are dropped and counted at once."""
+        d = decoder(max_pending=2)
+        for i in range(4):
+            d.decode(ipfix(a_set(256, record_v4()), sequence=i), EXPORTER, NOW)
+        assert d.stats[EXPORTER].unknown_template == 2
+
+    def test_template_expiry(self) -> None:
+        """A template not refreshed within template_timeout is forgotten."""
+        d = decoder(template_timeout=60.0)
+        d.decode(ipfix(a_set(2, template(256, *FIELDS_V4))), EXPORTER, NOW)
+        assert d.decode(ipfix(a_set(256, record_v4())), EXPORTER, NOW + 30) != []
+        assert d.decode(ipfix(a_set(256, record_v4()), sequence=1), EXPORTER, NOW + 120) == []
+
+    def test_template_withdrawal(self) -> None:
+        """A template record with field count 0 withdraws the template (RFC 7011 section 8.1)."""
+        d = decoder()
+        d.decode(ipfix(a_set(2, template(256, *FIELDS_V4))), EXPORTER, NOW)
+        d.decode(ipfix(a_set(2, struct.pack("!HH", 256, 0))), EXPORTER, NOW)
+        assert d.template_count() == 0
+
+    def test_templates_bounded(self) -> None:
+        """The template store never holds more than max_templates."""
+        d = decoder(max_templates=3)
+        for i in range(10):
+            d.decode(ipfix(a_set(2, template(256 + i, *FIELDS_V4))), EXPORTER, NOW + i)
+        assert d.template_count() == 3
+
+    def test_templates_per_domain(self) -> None:
+        """The same template id in two observation domains are two templates."""
+        d = decoder()
+        d.decode(ipfix(a_set(2, template(256, *FIELDS_V4)), domain=1), EXPORTER, NOW)
+        assert d.decode(ipfix(a_set(256, record_v4()), domain=2), EXPORTER, NOW) == []
+
+    def test_sampling_ipfix(self) -> None:
+        """An options record with samplingPacketInterval/Space (305/306) scales the counters."""
+        d = decoder()
+        options = struct.pack("!HHH", 257, 3, 1) + struct.pack("!HHHHHH", 149, 4, 305, 4, 306, 4)
+        d.decode(ipfix(a_set(2, template(256, *FIELDS_V4)), a_set(3, options),
+                       a_set(257, struct.pack("!III", 1, 1, 99))), EXPORTER, NOW)
+        records = d.decode(ipfix(a_set(256, record_v4(3, 300)), sequence=1), EXPORTER, NOW)
+        assert records is not None
+        assert [(r.packets, r.bytes, r.sampling) for r in records] == [(300, 30000, 100)]
+
+    def test_sampling_v9_options(self) -> None:
+        """A v9 options template with samplingInterval (34) scales the counters."""
+        d = decoder()
+        options = struct.pack("!HHH", 257, 4, 4) + struct.pack("!HHHH", 1, 4, 34, 4)
+        d.decode(v9(a_set(0, template(256, *FIELDS_V4)), a_set(1, options),
+                    a_set(257, struct.pack("!II", 0, 10))), EXPORTER, NOW)
+        records = d.decode(v9(a_set(256, record_v4(2, 200)), sequence=1), EXPORTER, NOW)
+        assert records is not None
+        assert [(r.packets, r.bytes, r.sampling) for r in records] == [(20, 2000, 10)]
+
+    def test_v9_uptime_times(self) -> None:
+        """v9 first/last switched (21/22) are sysUpTime milliseconds, made absolute by the header."""
+        fields = ((8, 4), (12, 4), (2, 4), (1, 4), (22, 4), (21, 4))
+        data = C4 + S4 + struct.pack("!IIII", 1, 40, 50_000, 59_000)
+        records = decoder().decode(
+            v9(a_set(0, template(256, *fields)), a_set(256, data), uptime=60_000), EXPORTER, NOW)
+        assert records is not None
+        assert [(r.first, r.last) for r in records] == [(NOW - 10, NOW - 1)]
+
+    def test_sequence_gaps_ipfix(self) -> None:
+        """IPFIX sequence numbers count data records: a jump counts the records lost."""
+        d = decoder()
+        d.decode(ipfix(a_set(2, template(256, *FIELDS_V4)), a_set(256, record_v4())), EXPORTER, NOW)
+        d.decode(ipfix(a_set(256, record_v4()), sequence=1), EXPORTER, NOW)
+        assert d.stats[EXPORTER].sequence_gaps == 0
+        d.decode(ipfix(a_set(256, record_v4()), sequence=7), EXPORTER, NOW)
+        assert d.stats[EXPORTER].sequence_gaps == 5
+
+    def test_sequence_gaps_v9(self) -> None:
+        """NetFlow v9 sequence numbers count export packets."""
+        d = decoder()
+        for sequence in (0, 1, 4):
+            d.decode(v9(a_set(0, template(256, *FIELDS_V4)), sequence=sequence), EXPORTER, NOW)
+        assert d.stats[EXPORTER].sequence_gaps == 2
+
+    def test_sequence_gaps_v5(self) -> None:
+        """NetFlow v5 sequence numbers count flows."""
+        d = decoder()
+        d.decode(SOFTFLOWD_V5, EXPORTER, NOW)
+        later = SOFTFLOWD_V5[:16] + struct.pack("!I", 10) + SOFTFLOWD_V5[20:]
+        d.decode(later, EXPORTER, NOW)
+        assert d.stats[EXPORTER].sequence_gaps == 8
+
+    def test_v5_sampling(self) -> None:
+        """The v5 header's sampling interval scales the counters."""
+        sampled = SOFTFLOWD_V5[:22] + struct.pack("!H", 0x4000 | 50) + SOFTFLOWD_V5[24:]
+        records = decoder().decode(sampled, EXPORTER, NOW)
+        assert records is not None
+        assert (records[0].packets, records[0].bytes, records[0].sampling) == (200, 13000, 50)
+
+    @pytest.mark.parametrize("data, detail", [
+        (SOFTFLOWD_V5[:30], "netflow5 records"),
+        (SOFTFLOWD_V5[:2] + b"\x00\x00" + SOFTFLOWD_V5[4:], "netflow5 count"),
+        (SOFTFLOWD_IPFIX[:10], "ipfix header"),
+        (SOFTFLOWD_IPFIX[:40], "ipfix message"),
+        (ipfix(struct.pack("!HH", 2, 2)), "set length"),
+        (ipfix(a_set(2, struct.pack("!HH", 5, 1) + b"\x00\x08\x00\x04")), "template id"),
+        (ipfix(a_set(2, struct.pack("!HH", 256, 3) + b"\x00\x08\x00\x04")), "template field"),
+        (SOFTFLOWD_V9[:12], "netflow9 header"),
+    ])
+    def test_malformed(self, data: bytes, detail: str) -> None:
+        """Cut or impossible datagrams raise MalformedPacket and are counted per exporter."""
+        d = decoder()
+        with pytest.raises(MalformedPacket) as info:
+            d.decode(data, EXPORTER, NOW)
+        assert info.value.detail == detail
+        assert d.stats[EXPORTER].malformed == 1
+
+
+@given(prefix=st.sampled_from([SOFTFLOWD_V5, SOFTFLOWD_V9, SOFTFLOWD_IPFIX]),
+       cut=st.integers(min_value=0, max_value=700), tail=st.binary(max_size=200))
+@example(prefix=SOFTFLOWD_IPFIX, cut=16, tail=b"\x00\x02\x00\x08\x01\x00\x00\x00")
+def test_fuzz_contract(prefix: bytes, cut: int, tail: bytes) -> None:
+    """From a real datagram's prefix plus random bytes: records, None or MalformedPacket only."""
+    d = decoder()
+    d.decode(prefix, EXPORTER, NOW)  # templates known, so the fuzzed data sets are decoded
+    try:
+        result = d.decode(prefix[:cut] + tail, EXPORTER, NOW)
+    except MalformedPacket as exc:
+        assert exc.reason in ("malformed", "truncated")
+        return
+    assert result is None or all(isinstance(r, FlowRecord) for r in result)
+
+
+@given(data=st.binary(max_size=300), version=st.sampled_from([5, 9, 10]))
+def test_fuzz_random(data: bytes, version: int) -> None:
+    """Random bytes behind a valid version: records, None or MalformedPacket only."""
+    with contextlib.suppress(MalformedPacket):
+        result = decoder().decode(struct.pack("!H", version) + data, EXPORTER, NOW)
+        assert result is None or all(isinstance(r, FlowRecord) for r in result)
