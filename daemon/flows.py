@@ -249,6 +249,9 @@ class FlowTable:
                         tcp_end(flow, outward, flags, ts)
                     if pay < end and flow.inspect is not None:
                         on_payload(flow, outward, buf, l4, pay, end, ts)
+                # Counted per batch, not at the end: a live capture's loop never ends.
+                stats.packets += packets
+                packets = 0
         finally:
             stats.packets += packets
             self._next_sweep = next_sweep
