@@ -1,0 +1,217 @@
+"""The flow collector: NetFlow v5/v9 and IPFIX over UDP from listed exporters, declared as flows.
+
+A gateway that cannot be mirrored can export flow records instead. `FlowCollector` receives them on
+`listen`, refuses datagrams from addresses not in `exporters` (counted, never decoded), decodes the
+others (`netflow.Decoder`) and hands each record to `on_flow` as a `Flow`, so that the pipeline
+declares it as it declares a captured flow (enrichment, policy, metrics, evidence).
+
+Records are not paired: an exporter's uni-directional record becomes one flow with one direction's
+counters. Its orientation follows the flow table's guess for a flow seen from the middle (the side on
+a server port is the responder), so that the two records of a connection give two declarations with
+the same 5-tuple, one with the `out` counters and one with the `in` counters. A biflow record
+(RFC 5103) gives one flow with both.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import structlog
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from douane.daemon.dissect import MalformedPacket
+from douane.daemon.flows import (
+    DEFAULT_INTERNAL,
+    Flow,
+    InternalNetworks,
+    _server_side,  # the flow table's own guess, shared on purpose
+    direction_of,
+)
+from douane.daemon.netflow import Decoder, DecoderConfig, ExporterStats, FlowRecord
+
+log = structlog.get_logger("douane.collector")
+
+MAX_DATAGRAM = 65_535
+POLL_SECONDS = 0.5  # the receive loop's wake-up: held data expiry and the caller's on_idle
+
+
+@dataclass(frozen=True)
+class CollectorConfig:
+    """The collector (YAML section `capture.collector`)."""
+
+    listen: str = "0.0.0.0:2055"  # IANA's NetFlow port; IPFIX's own is 4739
+    exporters: tuple[str, ...] = ()  # addresses allowed to export; none listed: none accepted
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    internal: tuple[str, ...] = DEFAULT_INTERNAL  # networks.internal, for the flow's direction
+
+
+def normalise_address(text: str) -> str:
+    """An exporter address as one canonical text (an IPv4-mapped IPv6 address as IPv4)."""
+    addr = ipaddress.ip_address(text.split("%", 1)[0])
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return str(addr.ipv4_mapped)
+    return str(addr)
+
+
+def record_to_flow(record: FlowRecord, internal: InternalNetworks) -> Flow:
+    """A decoded record as a douane `Flow`, oriented from the side that opened the connection."""
+    proto, src, sport, dst, dport = record.proto, record.src, record.sport, record.dst, record.dport
+    out_packets, out_bytes = record.packets, record.bytes
+    in_packets, in_bytes = record.rpackets, record.rbytes
+    # A biflow record's source is the initiator (RFC 5103 section 5.2); a uni-directional record
+    # is turned around when it comes from a server port, as the flow table does.
+    if not (in_packets or in_bytes) and _server_side(sport, dport):
+        src, sport, dst, dport = dst, dport, src, sport
+        out_packets, out_bytes, in_packets, in_bytes = 0, 0, out_packets, out_bytes
+    flow = Flow((0, proto, src, sport, dst, dport), 0, proto, src, sport, dst, dport, record.first,
+                direction_of(internal, src, dst))
+    flow.last = record.last
+    flow.packets_out, flow.bytes_out = out_packets, out_bytes
+    flow.packets_in, flow.bytes_in = in_packets, in_bytes
+    flow.end_reason = "exported"
+    return flow
+
+
+class FlowCollector:
+    """UDP receiver of export datagrams; a component (STYLE.md): no I/O before `start()`."""
+
+    def __init__(self, config: CollectorConfig, on_flow: Callable[[Flow], None],
+                 clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.decoder = Decoder(config.decoder)
+        self.allowed = frozenset(normalise_address(a) for a in config.exporters)
+        self.refused = 0  # datagrams from addresses not listed
+        self.errors = 0  # datagrams that broke something other than the decoder's contract
+        self._on_flow = on_flow
+        self._clock = clock
+        self._internal = InternalNetworks(config.internal)
+        self._sock: socket.socket | None = None
+        for exporter in sorted(self.allowed):
+            self.decoder.exporter_stats(exporter)  # every listed exporter's series from zero
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """Where the socket listens (the real port when `listen` asked for port 0)."""
+        if self._sock is None:
+            raise RuntimeError("collector not started")
+        host, port = self._sock.getsockname()[:2]
+        return str(host), int(port)
+
+    def start(self) -> None:
+        """Bind the UDP socket; raises OSError (address in use, permission)."""
+        host, _, port = self.config.listen.rpartition(":")
+        host = host.strip("[]")
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+            sock.bind((host, int(port)))
+            sock.settimeout(POLL_SECONDS)
+        except OSError:
+            sock.close()
+            raise
+        self._sock = sock
+
+    def stop(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def handle(self, data: bytes, exporter: str, now: float) -> int:
+        """One datagram: decoded and declared if its exporter is listed. Returns the flows given."""
+        if exporter not in self.allowed:
+            self.refused += 1
+            return 0
+        try:
+            records = self.decoder.decode(data, exporter, now)
+        except MalformedPacket:
+            return 0  # counted per exporter by the decoder
+        except Exception:  # noqa: BLE001 -- last resort (STYLE.md): never die of input; logged
+            self._failed(exporter)
+            return 0
+        if not records:
+            return 0
+        internal = self._internal
+        declared = 0
+        for record in records:
+            try:
+                self._on_flow(record_to_flow(record, internal))
+            except Exception:  # noqa: BLE001 -- a failed record (logged) loses no other
+                self._failed(exporter)
+            else:
+                declared += 1
+        return declared
+
+    def _failed(self, exporter: str) -> None:
+        self.errors += 1
+        if self.errors <= 10 or self.errors % 1000 == 0:
+            log.exception("collector_datagram_failed", exporter=exporter)
+
+    def serve(self, stop: threading.Event,
+              on_idle: Callable[[float], None] | None = None) -> None:
+        """Receive until `stop` is set; `on_idle(now)` runs at least every POLL_SECONDS."""
+        sock = self._sock
+        if sock is None:
+            raise RuntimeError("collector not started")
+        next_idle = 0.0
+        while not stop.is_set():
+            try:
+                data, peer = sock.recvfrom(MAX_DATAGRAM)
+            except TimeoutError:
+                data = b""
+                peer = None
+            except OSError:
+                if stop.is_set() or self._sock is None:
+                    return
+                raise
+            now = self._clock()
+            if peer is not None:
+                self.handle(data, normalise_address(peer[0]), now)
+            if now >= next_idle:
+                self.decoder.expire(now)
+                if on_idle is not None:
+                    on_idle(now)
+                next_idle = now + POLL_SECONDS
+
+
+class CollectorMetrics(Collector):
+    """`douane_collector_*{exporter}`: read at scrape time from the collector's plain integers.
+
+    The exporter label is an address from the allow-list: only listed exporters reach the decoder.
+    """
+
+    FAMILIES = (
+        ("datagrams", "Export datagrams received and decoded from the exporter."),
+        ("records", "Flow records decoded from the exporter."),
+        ("templates", "Templates and options templates received from the exporter."),
+        ("sequence_gaps", "Export packets (NetFlow v9) or records (v5, IPFIX) lost, by sequence."),
+        ("unknown_template", "Data sets dropped: their template did not come in time."),
+        ("malformed_datagrams", "Datagrams cut short or impossible, skipped."),
+    )
+
+    def __init__(self, collector: FlowCollector) -> None:
+        self._collector = collector
+
+    def collect(self) -> Iterator[Metric]:
+        stats: dict[str, ExporterStats] = dict(self._collector.decoder.stats)
+        for name, text in self.FAMILIES:
+            family = CounterMetricFamily(f"douane_collector_{name}", text, labels=["exporter"])
+            attribute = "malformed" if name == "malformed_datagrams" else name
+            for exporter, values in sorted(stats.items()):
+                family.add_metric([exporter], getattr(values, attribute))
+            yield family
+        yield CounterMetricFamily(
+            "douane_collector_refused_datagrams",
+            "Datagrams from addresses not in capture.collector.exporters, ignored.",
+            value=self._collector.refused,
+        )
+        yield GaugeMetricFamily(
+            "douane_collector_templates_active", "Templates held, over all exporters.",
+            value=self._collector.decoder.template_count(),
+        )

@@ -1,0 +1,265 @@
+"""The flow collector: allow-list, records to flows, metrics, and softflowd as a real exporter."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from douane.daemon.cli import Replay, geo_config
+from douane.daemon.collector import (
+    CollectorConfig,
+    CollectorMetrics,
+    FlowCollector,
+    normalise_address,
+    record_to_flow,
+)
+from douane.daemon.config import Config
+from douane.daemon.flows import DEFAULT_INTERNAL, Flow, InternalNetworks
+from douane.daemon.netflow import FlowRecord
+from douane.daemon.pcapfile import open_capture
+from douane.geo.lookup import GeoDatabases
+
+LOOPBACK = "127.0.0.1"
+C4, S4 = bytes([10, 0, 0, 5]), bytes([198, 51, 100, 7])
+INTERNAL = InternalNetworks(DEFAULT_INTERNAL)
+T = 1_800_000_000.0
+
+# softflowd's v5 datagram for one TCP flow 10.0.0.5:40000 <-> 93.184.216.34:443 (test_netflow.py).
+V5 = bytes.fromhex(
+    "00050002000000006b0b182a2da1a7e800000000000000000a0000055db8d822000000000000000000000004"
+    "00000104ac8f00f2ac8f012e9c4001bb0013060000000000000000005db8d8220a0000050000000000000000"
+    "0000000300000460ac8f00f2ac8f012e01bb9c40001306000000000000000000"
+)
+
+
+def record(src: bytes, sport: int, dst: bytes, dport: int, packets: int, octets: int,
+           rpackets: int = 0, rbytes: int = 0) -> FlowRecord:
+    return FlowRecord(6, src, sport, dst, dport, packets, octets, rpackets, rbytes, T, T + 1, 0x1B,
+                      None, 1)
+
+
+class TestRecordToFlow:
+    def test_client_record(self) -> None:
+        """A record from the client's side is an outbound flow with `out` counters."""
+        flow = record_to_flow(record(C4, 40000, S4, 443, 4, 260), INTERNAL)
+        assert (flow.src, flow.sport, flow.dst, flow.dport, flow.direction) == (
+            C4, 40000, S4, 443, "outbound")
+        assert (flow.packets_out, flow.bytes_out, flow.packets_in, flow.bytes_in) == (4, 260, 0, 0)
+        assert (flow.first, flow.last) == (T, T + 1)
+
+    def test_server_record_turned_around(self) -> None:
+        """A record from a server port is the same flow's `in` direction, same 5-tuple."""
+        flow = record_to_flow(record(S4, 443, C4, 40000, 3, 1120), INTERNAL)
+        assert (flow.src, flow.sport, flow.dst, flow.dport, flow.direction) == (
+            C4, 40000, S4, 443, "outbound")
+        assert (flow.packets_out, flow.bytes_out, flow.packets_in, flow.bytes_in) == (0, 0, 3, 1120)
+
+    def test_biflow_kept_as_sent(self) -> None:
+        """A biflow record keeps its orientation (the source is the initiator) and both counters."""
+        flow = record_to_flow(record(S4, 443, C4, 40000, 4, 260, 3, 1120), INTERNAL)
+        assert (flow.src, flow.direction) == (S4, "inbound")
+        assert (flow.packets_out, flow.bytes_out, flow.packets_in, flow.bytes_in) == (4, 260, 3, 1120)
+
+
+class TestFlowCollector:
+    def make(self, exporters: tuple[str, ...] = (LOOPBACK,)) -> tuple[FlowCollector, list[Flow]]:
+        flows: list[Flow] = []
+        return FlowCollector(CollectorConfig(listen=f"{LOOPBACK}:0", exporters=exporters),
+                             flows.append), flows
+
+    def test_listed_exporter(self) -> None:
+        """A listed exporter's datagram becomes flows, and its counters move."""
+        collector, flows = self.make()
+        assert collector.handle(V5, LOOPBACK, T) == 2
+        assert len(flows) == 2
+        stats = collector.decoder.stats[LOOPBACK]
+        assert (stats.datagrams, stats.records) == (1, 2)
+
+    def test_unlisted_exporter_refused(self) -> None:
+        """A datagram from an address not listed is counted and never decoded."""
+        collector, flows = self.make()
+        assert collector.handle(V5, "192.0.2.99", T) == 0
+        assert (flows, collector.refused) == ([], 1)
+        assert "192.0.2.99" not in collector.decoder.stats
+
+    def test_no_exporters_listed_refuses_all(self) -> None:
+        """With no exporter listed, nothing is accepted."""
+        collector, flows = self.make(())
+        collector.handle(V5, LOOPBACK, T)
+        assert (flows, collector.refused) == ([], 1)
+
+    def test_malformed_counted(self) -> None:
+        """A truncated datagram is counted as malformed for its exporter and skipped."""
+        collector, _flows = self.make()
+        assert collector.handle(V5[:40], LOOPBACK, T) == 0
+        assert collector.decoder.stats[LOOPBACK].malformed == 1
+
+    def test_sink_error_contained(self) -> None:
+        """An exception declaring a record is counted per record; the collector goes on."""
+
+        def broken(flow: Flow) -> None:
+            raise RuntimeError("boom")
+
+        collector = FlowCollector(CollectorConfig(exporters=(LOOPBACK,)), broken)
+        assert collector.handle(V5, LOOPBACK, T) == 0
+        assert collector.errors == 2
+
+    def test_address_normalised(self) -> None:
+        """IPv4-mapped IPv6 peers (a dual-stack socket) match their IPv4 allow-list entry."""
+        assert normalise_address("::ffff:127.0.0.1") == LOOPBACK
+        assert normalise_address("2001:DB8::1") == "2001:db8::1"
+
+    def test_metrics(self) -> None:
+        """douane_collector_* series exist at zero for every listed exporter and move."""
+        collector, _flows = self.make((LOOPBACK, "192.0.2.1"))
+        registry = CollectorRegistry()
+        registry.register(CollectorMetrics(collector))
+        value = registry.get_sample_value
+        assert value("douane_collector_records_total", {"exporter": "192.0.2.1"}) == 0
+        collector.handle(V5, LOOPBACK, T)
+        collector.handle(V5[:30], LOOPBACK, T)
+        collector.handle(V5, "203.0.113.1", T)
+        assert value("douane_collector_records_total", {"exporter": LOOPBACK}) == 2
+        assert value("douane_collector_datagrams_total", {"exporter": LOOPBACK}) == 2
+        assert value("douane_collector_malformed_datagrams_total", {"exporter": LOOPBACK}) == 1
+        assert value("douane_collector_sequence_gaps_total", {"exporter": LOOPBACK}) == 0
+        assert value("douane_collector_unknown_template_total", {"exporter": LOOPBACK}) == 0
+        assert value("douane_collector_templates_total", {"exporter": LOOPBACK}) == 0
+        assert value("douane_collector_refused_datagrams_total") == 1
+
+    def test_udp_socket(self) -> None:
+        """Datagrams sent to the socket are received, decoded and declared; stop ends the loop."""
+        collector, flows = self.make()
+        collector.start()
+        stop = threading.Event()
+        thread = threading.Thread(target=collector.serve, args=(stop,))
+        thread.start()
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+                sender.sendto(V5, collector.address)
+            deadline = time.monotonic() + 5
+            while len(flows) < 2 and time.monotonic() < deadline:
+                time.sleep(0.02)
+        finally:
+            stop.set()
+            thread.join(timeout=5)
+            collector.stop()
+        assert len(flows) == 2 and not thread.is_alive()
+
+
+# --- softflowd, a real exporter, against `douane replay` on the same capture ------------------------
+
+SOFTFLOWD = shutil.which("softflowd") or (
+    "/usr/sbin/softflowd" if Path("/usr/sbin/softflowd").exists() else None)
+
+Key = tuple[str, Any, str, Any, str]
+Counts = tuple[int, int, int, int]
+
+
+@pytest.fixture(scope="module")
+def geo() -> Iterator[GeoDatabases]:
+    databases = GeoDatabases(geo_config(Config()))
+    databases.start()
+    yield databases
+
+
+@pytest.fixture
+def capture(net: Any, write_pcap: Any) -> Path:
+    """TCP over IPv4 and IPv6 and UDP both ways, client ports above 1024 and servers on well-known
+    ports (records are oriented by port, as the flow table does for flows seen from the middle)."""
+    packets = [
+        *net.tcp_session(net.CLIENT, net.SERVER, 40000, 443, data=(b"a" * 300, b"b" * 700),
+                         reply=b"r" * 1200),
+        *net.tcp_session(net.CLIENT2, net.SERVER2, 40001, 8443, data=(b"c" * 50,), reply=b"d" * 4000),
+        *net.tcp_session(net.CLIENT6, net.SERVER6, 40002, 443, data=(b"e" * 90,), reply=b"f" * 90),
+        net.udp(net.CLIENT, net.SERVER2, 53000, 53, b"q" * 40),
+        net.udp(net.SERVER2, net.CLIENT, 53, 53000, b"r" * 120),
+        net.udp(net.CLIENT6, net.SERVER6, 53001, 123, b"n" * 48),
+    ]
+    return Path(write_pcap(net.stamp(packets, step=0.01)))
+
+
+def totals(records: list[dict[str, Any]]) -> dict[Key, Counts]:
+    """Counters per 5-tuple, summing the collector's one-direction declarations."""
+    out: dict[Key, Counts] = {}
+    for r in records:
+        key = (r["src"], r["sport"], r["dst"], r["dport"], r["proto"])
+        before = out.get(key, (0, 0, 0, 0))
+        out[key] = (before[0] + r["packets_out"], before[1] + r["bytes_out"],
+                    before[2] + r["packets_in"], before[3] + r["bytes_in"])
+    return out
+
+
+def replayed(path: Path, geo: GeoDatabases) -> list[dict[str, Any]]:
+    records: list[dict[str, Any]] = []
+    replay = Replay.build(Config(), [records.append], geo=geo)
+    replay.run(open_capture(path))
+    return records
+
+
+def collected(path: Path, geo: GeoDatabases, version: str, tmp_path: Path, expect: int
+              ) -> tuple[list[dict[str, Any]], FlowCollector]:
+    assert SOFTFLOWD is not None
+    records: list[dict[str, Any]] = []
+    daemon = Replay.build(Config(), [records.append], geo=geo, source="collector")
+    collector = FlowCollector(CollectorConfig(listen=f"{LOOPBACK}:0", exporters=(LOOPBACK,)),
+                              daemon.pipeline.on_close)
+    collector.start()
+    stop = threading.Event()
+    thread = threading.Thread(target=collector.serve, args=(stop,))
+    thread.start()
+    try:
+        host, port = collector.address
+        # -c none: no control socket (it hangs here otherwise); -d: foreground; -6: IPv6 too.
+        run = subprocess.run(
+            [SOFTFLOWD, "-r", str(path), "-n", f"{host}:{port}", "-v", version, "-6", "-d",
+             "-c", "none", "-p", str(tmp_path / "softflowd.pid")],
+            check=False, capture_output=True, text=True, timeout=30)
+        assert run.returncode == 0, run.stderr
+        deadline = time.monotonic() + 10
+        while len(records) < expect and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.2)  # anything late (a duplicate would show as a mismatch below)
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        collector.stop()
+    return records, collector
+
+
+@pytest.mark.skipif(SOFTFLOWD is None, reason="softflowd not installed (.ci/run installs it)")
+class TestSoftflowd:
+    @pytest.mark.parametrize("version", ["5", "9", "10"], ids=["netflow5", "netflow9", "ipfix"])
+    def test_same_flows_as_replay(self, version: str, capture: Path, geo: GeoDatabases,
+                                  tmp_path: Path) -> None:
+        """softflowd's export of a capture gives douane the flows, packets and IP bytes that
+        `douane replay` finds in it (NetFlow v5 carries IPv4 only)."""
+        expected = totals(replayed(capture, geo))
+        if version == "5":
+            expected = {k: v for k, v in expected.items() if ":" not in k[0]}
+        # One declaration per direction: two per flow with traffic both ways.
+        want = sum(1 + (v[0] > 0 and v[2] > 0) for v in expected.values())
+        records, collector = collected(capture, geo, version, tmp_path, want)
+        assert totals(records) == expected
+        assert len(records) == want
+        stats = collector.decoder.stats[LOOPBACK]
+        assert (stats.malformed, stats.unknown_template, stats.sequence_gaps) == (0, 0, 0)
+        assert collector.refused == 0
+        by_key = {(r["src"], r["dport"]): r for r in records if r["bytes_out"]}
+        web = by_key[("10.0.0.5", 443)]
+        assert (web["direction"], web["proto"]) == ("outbound", "tcp")
+
+    def test_expected_flows(self, capture: Path, geo: GeoDatabases) -> None:
+        """The replay side of the comparison: five flows, IPv4 and IPv6, TCP with traffic both ways."""
+        expected = totals(replayed(capture, geo))
+        assert len(expected) == 5
+        assert all(v[0] and v[2] for k, v in expected.items() if k[4] == "tcp")
