@@ -36,6 +36,7 @@ from douane.daemon.pcapfile import CaptureFile, CaptureFormatError, open_capture
 from douane.daemon.pipeline import Pipeline, Record, geo_stage, service_stage
 from douane.daemon.policy import Policy, policy_stage
 from douane.daemon.pseudonym import Pseudonymiser
+from douane.daemon.report import add_parser as add_report_parser
 from douane.daemon.summary import Summary
 from douane.geo.jurisdiction import load_jurisdictions, make_jurisdiction_stage
 from douane.geo.lookup import ATTRIBUTION, GeoConfig, GeoDatabases
@@ -522,6 +523,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("version", help="version, database dates and data attribution")
     p.set_defaults(func=cmd_version)
+
+    add_report_parser(sub)
     return parser
 
 
