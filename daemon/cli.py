@@ -349,9 +349,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     def on_idle(now: float) -> None:
         table.tick(now)
         table.stats.dropped["kernel"] = live.drops()
-        if notifier.watchdog_seconds and now - watchdog["last"] >= notifier.watchdog_seconds:
+        # The watchdog runs on the monotonic clock: an NTP step back must not silence it.
+        beat = time.monotonic()
+        if notifier.watchdog_seconds and beat - watchdog["last"] >= notifier.watchdog_seconds:
             notifier.send("WATCHDOG=1")
-            watchdog["last"] = now
+            watchdog["last"] = beat
         if reload.is_set():
             reload.clear()
             reload_config()
