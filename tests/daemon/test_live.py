@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -64,7 +65,7 @@ def namespaces() -> Iterator[tuple[str, str]]:
 class Daemon:
     """`douane run` inside namespace A, its stdout (JSON records) and stderr (JSON logs) in files."""
 
-    def __init__(self, ns: str, tmp: Path, config_text: str) -> None:
+    def __init__(self, ns: str, tmp: Path, config_text: str, env: dict[str, str] | None = None) -> None:
         self.ns, self.tmp = ns, tmp
         self.config = tmp / "douane.yaml"
         self.config.write_text(config_text)
@@ -74,7 +75,7 @@ class Daemon:
         self.proc = subprocess.Popen(
             ["ip", "netns", "exec", ns, sys.executable, "-m", "douane.daemon.cli", "run",
              "-c", str(self.config), "--json"],
-            stdout=self.out, stderr=self.err,
+            stdout=self.out, stderr=self.err, env={**os.environ, **(env or {})},
         )
         self.wait_log("capture_started")
 
@@ -188,6 +189,23 @@ class TestRun:
         assert "zones[0].categories[0]" in refused["error"]
         assert daemon.proc.poll() is None
         daemon.stop()
+
+    def test_systemd_notifications(self, namespaces: tuple[str, str], tmp_path: Path) -> None:
+        """Under systemd: READY=1 once capturing, WATCHDOG=1 within the watchdog period, STOPPING=1."""
+        a, _b = namespaces
+        path = tmp_path / "notify.sock"
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.bind(str(path))
+            sock.settimeout(30)
+            daemon = Daemon(a, tmp_path, CONFIG, env={"NOTIFY_SOCKET": str(path),
+                                                       "WATCHDOG_USEC": "1000000"})
+            messages = [sock.recv(4096).decode()]
+            while not any("WATCHDOG=1" in m for m in messages):
+                messages.append(sock.recv(4096).decode())
+            daemon.stop()
+            while not any("STOPPING=1" in m for m in messages):
+                messages.append(sock.recv(4096).decode())
+        assert messages[0].startswith("READY=1") and "STATUS=capturing on dva" in messages[0]
 
     def test_missing_interface(self, tmp_path: Path) -> None:
         """A configured interface that does not exist: a clear message and exit 2."""
