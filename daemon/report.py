@@ -424,6 +424,7 @@ def svg_by_day(series: Mapping[str, Mapping[str, int]], lang: str, title: str) -
         parts.append(f'<text x="{width // 2}" y="{height // 2}" text-anchor="middle">—</text></svg>')
         return "".join(parts)
     step = plot_w / len(days)
+    label_every = -(-len(days) // 12)
     bar = max(step * 0.8, 1.0)
     for i, day in enumerate(days):
         y = float(top + plot_h)
@@ -436,9 +437,7 @@ def svg_by_day(series: Mapping[str, Mapping[str, int]], lang: str, title: str) -
             parts.append(f'<rect x="{left + i * step:.1f}" y="{y:.1f}" width="{bar:.1f}" height="{h:.1f}" '
                          f'fill="{colour}"><title>{_e(day)} {_e(jurisdiction)}: '
                          f"{_e(fmt_bytes(value, lang))}</title></rect>")
-        if len(days) <= 31 or i % 7 == 0:
-            if len(days) <= 31 and i % max(len(days) // 10, 1):
-                continue
+        if i % label_every == 0:  # about a dozen date labels, whatever the period's length
             parts.append(f'<text x="{left + i * step:.1f}" y="{height - 22}" font-size="11">'
                          f"{_e(day[5:])}</text>")
     parts.append(f'<text x="{left - 6}" y="{top + 4}" text-anchor="end" font-size="11">'

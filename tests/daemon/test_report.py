@@ -373,6 +373,33 @@ class TestStores:
         assert len(result.stderr.splitlines()) == 1
         assert not out.exists()
 
+    def test_a_year(self, months: Path, tmp_path: Path) -> None:
+        """A year's page: 365 day bars' slots, about a dozen date labels, the same totals."""
+        out = tmp_path / "year.html"
+        result = report(months, "--since", "2026-01-01", "--until", "2026-12-31", "-o", str(out))
+        assert result.returncode == 0, result.stderr
+        page = out.read_text(encoding="utf-8")
+        chart = page.split("<svg", 2)[1]
+        assert 10 <= len(re.findall(r'font-size="11">\d\d-\d\d<', chart)) <= 13
+        data = report_json(months, "--since", "2026-01-01", "--until", "2026-12-31")
+        assert len(data["charts"]["by_day"]) == 365
+        assert sum(sum(d.values()) for d in data["charts"]["by_day"].values()) == data["summary"]["bytes_out"]
+        check_summary(months, data, "2026-01-01", "2027-01-01", "2025-01-01")
+
+    def test_csv_cells_are_never_formulas(self) -> None:
+        from douane.daemon.report import render_csv
+
+        row = dict.fromkeys(REGISTER_COLUMNS, "") | {"exceptions": [], "rules": ["=cmd()"],
+                                                     "location_countries": [], "provider": "+x"}
+        text = render_csv({"register": [row]})
+        assert "'=cmd()" in text and "'+x" in text
+
+    def test_format_from_the_suffix(self, demo: Path, tmp_path: Path) -> None:
+        for name, start in (("r.json", "{"), ("r.csv", "provider,"), ("r.html", "<!DOCTYPE html>"),
+                            ("r.txt", "<!DOCTYPE html>")):
+            assert report(demo, "--since", "2026-11-28", "-o", str(tmp_path / name)).returncode == 0
+            assert (tmp_path / name).read_text(encoding="utf-8").startswith(start)
+
     def test_until_before_since(self, demo: Path) -> None:
         result = report(demo, "--since", "2026-11-28", "--until", "2026-11-01")
         assert result.returncode == 2 and "before" in result.stderr and "Traceback" not in result.stderr
@@ -456,22 +483,48 @@ def png_pixels(path: Path) -> tuple[int, int, int, bytes]:
     return width, height, bpp, bytes(out)
 
 
+def chromium_render(chromium: str, page: Path, folder: Path) -> tuple[Path, list[str]]:
+    """Screenshots `page` with every host name unresolvable; returns the PNG and the URLs the page
+    itself asked for (from Chromium's net log: the browser's own background requests, which have no
+    origin, are left out; the page's, from a file:// document, have the origin `null`)."""
+    png, netlog = folder / "report.png", folder / "netlog.json"
+    result = subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run",
+         f"--user-data-dir={folder / 'profile'}", f"--screenshot={png}", "--window-size=1280,2000",
+         "--host-resolver-rules=MAP * ~NOTFOUND", f"--log-net-log={netlog}", page.as_uri()],
+        capture_output=True, text=True, check=False, timeout=120,
+    )
+    assert result.returncode == 0 and png.is_file(), result.stderr
+    text = netlog.read_text(encoding="utf-8")
+    try:
+        log = json.loads(text)
+    except json.JSONDecodeError:  # cut short at exit: close the event list
+        log = json.loads(text.rstrip().rstrip(",") + "]}")
+    start_job = log["constants"]["logEventTypes"]["URL_REQUEST_START_JOB"]
+    requested = [
+        event["params"]["url"] for event in log["events"]
+        if event["type"] == start_job and "url" in event.get("params", {})
+        and event["params"].get("initiator") != "not an origin"
+    ]
+    return png, requested
+
+
 def test_html_renders_in_chromium(months: Path, tmp_path: Path) -> None:
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         pytest.skip("Debian chromium is not installed (apt-get install chromium): HTML not rendered")
     page = tmp_path / "report.html"
     assert report(months, "--since", "2026-11-01", "--until", "2026-11-28", "-o", str(page)).returncode == 0
-    png = tmp_path / "report.png"
-    # Every host name resolves to nothing: a page that needed the network would show holes, not fail.
-    result = subprocess.run(
-        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run",
-         f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={png}", "--window-size=1280,2000",
-         "--host-resolver-rules=MAP * ~NOTFOUND", page.as_uri()],
-        capture_output=True, text=True, check=False, timeout=120,
-    )
-    assert result.returncode == 0 and png.is_file(), result.stderr
+    # The net log check sees a page's request: a copy of the page with one remote image.
+    bad = tmp_path / "bad.html"
+    bad.write_text(page.read_text(encoding="utf-8").replace(
+        "</body>", '<img src="https://example.org/pixel.png"></body>'), encoding="utf-8")
+    (tmp_path / "bad").mkdir()
+    assert chromium_render(chromium, bad, tmp_path / "bad")[1] == ["https://example.org/pixel.png"]
+    (tmp_path / "good").mkdir()
+    png, requested = chromium_render(chromium, page, tmp_path / "good")
+    assert requested == []
     width, height, bpp, pixels = png_pixels(png)
     assert (width, height) == (1280, 2000)
     grey = pixels[::bpp]  # the red channel of each pixel is enough to see ink on white
