@@ -16,7 +16,9 @@ from typing import Any
 
 import yaml
 
+from douane.daemon.collector import CollectorConfig
 from douane.daemon.flows import DEFAULT_INTERNAL, FlowConfig
+from douane.daemon.netflow import PROTOCOLS, DecoderConfig
 
 DATA_CATEGORY_NAMES = ("health", "school", "personal")
 _ZONE_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
@@ -42,6 +44,7 @@ class CaptureConfig:
     interfaces: tuple[str, ...] = ()
     pcap: Path | None = None
     bpf: str = ""
+    collector: CollectorConfig | None = None  # capture.collector: NetFlow/IPFIX in (collector.py)
 
 
 @dataclass(frozen=True)
@@ -145,6 +148,13 @@ def _listen(value: Any) -> str:
     return text
 
 
+def _address(value: Any) -> str:
+    try:
+        return str(ipaddress.ip_address(str(value)))
+    except ValueError:
+        raise ValueError("an IP address such as 192.0.2.1 or 2001:db8::1") from None
+
+
 def _choice(*choices: str) -> Callable[[Any], str]:
     def check(value: Any) -> str:
         if value not in choices:
@@ -212,16 +222,28 @@ def parse_config(data: Any, source: str) -> Config:
                          "privacy", "flows", "geo", "identify", "logging"})
 
     cap = r.mapping(top.get("capture"), "capture")
-    r.no_extra(cap, "capture", {"interface", "pcap", "bpf"})
+    r.no_extra(cap, "capture", {"interface", "pcap", "bpf", "collector"})
+    nets = r.mapping(top.get("networks"), "networks")
+    r.no_extra(nets, "networks", {"internal"})
+    internal = r.listof(nets, "networks", "internal", _network, DEFAULT_INTERNAL)
+    collector = None
+    if "collector" in cap:
+        col = r.mapping(cap["collector"], "capture.collector")
+        r.no_extra(col, "capture.collector", {"listen", "protocols", "exporters"})
+        cdef = CollectorConfig()
+        collector = CollectorConfig(
+            listen=r.take(col, "capture.collector", "listen", _listen, cdef.listen),
+            exporters=r.listof(col, "capture.collector", "exporters", _address, ()),
+            decoder=DecoderConfig(protocols=r.listof(
+                col, "capture.collector", "protocols", _choice(*PROTOCOLS), PROTOCOLS)),
+            internal=internal,
+        )
     capture = CaptureConfig(
         interfaces=r.listof(cap, "capture", "interface", _string, ()),
         pcap=r.take(cap, "capture", "pcap", _path, None),
         bpf=r.take(cap, "capture", "bpf", _string, ""),
+        collector=collector,
     )
-
-    nets = r.mapping(top.get("networks"), "networks")
-    r.no_extra(nets, "networks", {"internal"})
-    internal = r.listof(nets, "networks", "internal", _network, DEFAULT_INTERNAL)
 
     fl = r.mapping(top.get("flows"), "flows")
     defaults = FlowConfig()

@@ -22,7 +22,7 @@ from douane.daemon.collector import (
     normalise_address,
     record_to_flow,
 )
-from douane.daemon.config import Config
+from douane.daemon.config import Config, ConfigError, parse_config
 from douane.daemon.flows import DEFAULT_INTERNAL, Flow, InternalNetworks
 from douane.daemon.netflow import FlowRecord
 from douane.daemon.pcapfile import open_capture
@@ -263,3 +263,35 @@ class TestSoftflowd:
         expected = totals(replayed(capture, geo))
         assert len(expected) == 5
         assert all(v[0] and v[2] for k, v in expected.items() if k[4] == "tcp")
+
+
+class TestCollectorConfig:
+    def test_parsed(self) -> None:
+        """capture.collector gives a CollectorConfig with the listed exporters and protocols."""
+        config = parse_config({"capture": {"collector": {
+            "listen": "127.0.0.1:9995", "exporters": ["192.0.2.1", "2001:DB8::1"],
+            "protocols": ["ipfix"]}}, "networks": {"internal": ["10.9.0.0/16"]}}, "x.yaml")
+        collector = config.capture.collector
+        assert collector is not None
+        assert (collector.listen, collector.exporters, collector.decoder.protocols) == (
+            "127.0.0.1:9995", ("192.0.2.1", "2001:db8::1"), ("ipfix",))
+        assert collector.internal == ("10.9.0.0/16",)
+
+    def test_absent(self) -> None:
+        """No capture.collector: no collector; an empty one: the defaults, no exporter accepted."""
+        assert parse_config({}, "x.yaml").capture.collector is None
+        collector = parse_config({"capture": {"collector": None}}, "x.yaml").capture.collector
+        assert collector is not None
+        assert (collector.listen, collector.exporters) == ("0.0.0.0:2055", ())
+
+    @pytest.mark.parametrize("section, key", [
+        ({"exporters": ["not-an-address"]}, "capture.collector.exporters[0]"),
+        ({"protocols": ["sflow"]}, "capture.collector.protocols[0]"),
+        ({"listen": "2055"}, "capture.collector.listen"),
+        ({"port": 2055}, "capture.collector.port"),
+    ])
+    def test_errors(self, section: dict[str, Any], key: str) -> None:
+        """A bad collector key is a ConfigError naming it."""
+        with pytest.raises(ConfigError) as info:
+            parse_config({"capture": {"collector": section}}, "x.yaml")
+        assert info.value.key == key
