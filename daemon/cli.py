@@ -1,4 +1,4 @@
-"""The `douane` command: replay, demo, lookup, check, version."""
+"""The `douane` command: replay, collect, demo, lookup, check, version."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry, generate_latest, start_http_ser
 
 from douane.daemon import __version__
 from douane.daemon.categories import service_category_stage, zone_stage
+from douane.daemon.collector import CollectorMetrics, FlowCollector
 from douane.daemon.config import Config, ConfigError, load_config
 from douane.daemon.evidence import EvidenceConfig, EvidenceError, EvidenceStore, evidence_log_sink
 from douane.daemon.explain import run_lookup
@@ -399,6 +400,68 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_collect(args: argparse.Namespace) -> int:
+    """NetFlow v5/v9 and IPFIX from the listed exporters (capture.collector) until SIGTERM/SIGINT.
+
+    A command of its own rather than a part of `douane run`: the live capture loop owns its thread
+    and the pipeline is not shared across threads. Configuration is read once (restart to change).
+    """
+    config = load_config(args.config)
+    configure_logging(config.log_level, config.log_format)
+    settings = config.capture.collector
+    if settings is None or not settings.exporters:
+        print(f"douane collect: {config.source}: key 'capture.collector.exporters': expected the "
+              "addresses of the exporters to accept", file=sys.stderr)
+        return EXIT_USAGE
+    sinks = [_json_sink(sys.stdout)] if args.json else []
+    daemon = Replay.build(config, sinks, source="collector")
+    collector = FlowCollector(settings, daemon.pipeline.on_close)
+    daemon.registry.register(CollectorMetrics(collector))
+    notifier = Notifier()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    try:
+        collector.start()
+        if daemon.evidence is not None:
+            daemon.evidence.start()
+    except (OSError, EvidenceError) as exc:
+        print(f"douane collect: {settings.listen}: {exc}", file=sys.stderr)
+        collector.stop()
+        return EXIT_USAGE
+    daemon.geo.start()
+    tune_gc()
+    host, port = parse_listen(config.exporter_listen)
+    server, thread = start_http_server(port, addr=host, registry=daemon.registry)
+    watchdog = {"last": 0.0}
+
+    def on_idle(now: float) -> None:
+        daemon.table.tick(now)  # the metrics' clock (top destinations) follows the wall clock
+        beat = time.monotonic()
+        if notifier.watchdog_seconds and beat - watchdog["last"] >= notifier.watchdog_seconds:
+            notifier.send("WATCHDOG=1")
+            watchdog["last"] = beat
+
+    bound = "{}:{}".format(*collector.address)
+    notifier.send("READY=1", f"STATUS=collecting on {bound}")
+    log.info("collector_started", listen=bound, exporters=list(settings.exporters),
+             protocols=list(settings.decoder.protocols), exporter=config.exporter_listen)
+    try:
+        collector.serve(stop, on_idle)
+    finally:
+        notifier.send("STOPPING=1")
+        collector.stop()
+        if daemon.evidence is not None:
+            daemon.evidence.stop()
+        sys.stdout.flush()
+        server.shutdown()
+        thread.join(timeout=5)
+        stats = collector.decoder.stats
+        log.info("collector_stopped", records=sum(s.records for s in stats.values()),
+                 refused=collector.refused)
+    return EXIT_OK
+
+
 def cmd_lookup(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     # Start-up chatter would drown the answers; warnings (a missing database) still show.
@@ -497,6 +560,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_config(p)
     p.add_argument("--json", action="store_true", help="also print one flow record (JSON) per line")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("collect", help="receive NetFlow v5/v9 and IPFIX from the exporters listed in "
+                       "capture.collector and declare their flows (the daemon, without capture)")
+    add_config(p)
+    p.add_argument("--json", action="store_true", help="also print one flow record (JSON) per line")
+    p.set_defaults(func=cmd_collect)
 
     p = sub.add_parser("demo", help="replay the demo capture shipped with douane")
     p.add_argument("--json", action="store_true", help="print one flow record (JSON) per line")

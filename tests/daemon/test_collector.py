@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -295,3 +299,62 @@ class TestCollectorConfig:
         with pytest.raises(ConfigError) as info:
             parse_config({"capture": {"collector": section}}, "x.yaml")
         assert info.value.key == key
+
+
+def free_port(kind: int) -> int:
+    with socket.socket(socket.AF_INET, kind) as sock:
+        sock.bind((LOOPBACK, 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.skipif(SOFTFLOWD is None, reason="softflowd not installed (.ci/run installs it)")
+class TestCollectCommand:
+    def test_softflowd_to_douane_collect(self, capture: Path, geo: GeoDatabases,
+                                         tmp_path: Path) -> None:
+        """`douane collect --json` declares softflowd's IPFIX flows, serves the collector metrics
+        and exits 0 on SIGTERM."""
+        udp, http = free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_STREAM)
+        config = tmp_path / "douane.yaml"
+        config.write_text(
+            f"capture:\n  collector:\n    listen: {LOOPBACK}:{udp}\n    exporters: [{LOOPBACK}]\n"
+            f"exporter:\n  listen: {LOOPBACK}:{http}\ngeo:\n  state_dir: {tmp_path / 'geo'}\n"
+            "logging:\n  format: json\n", encoding="utf-8")
+        expected = totals(replayed(capture, geo))
+        out, err = tmp_path / "out", tmp_path / "err"
+        with out.open("w") as stdout, err.open("w") as stderr:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "douane.daemon.cli", "collect", "-c", str(config), "--json"],
+                stdout=stdout, stderr=stderr)
+        try:
+            deadline = time.monotonic() + 60
+            while "collector_started" not in err.read_text() and time.monotonic() < deadline:
+                assert proc.poll() is None, err.read_text()
+                time.sleep(0.1)
+            assert SOFTFLOWD is not None
+            subprocess.run([SOFTFLOWD, "-r", str(capture), "-n", f"{LOOPBACK}:{udp}", "-v", "10",
+                            "-6", "-d", "-c", "none", "-p", str(tmp_path / "sf.pid")],
+                           check=True, capture_output=True, timeout=30)
+            want = sum(1 + (v[0] > 0 and v[2] > 0) for v in expected.values())
+            deadline = time.monotonic() + 20
+            while len(out.read_text().splitlines()) < want and time.monotonic() < deadline:
+                time.sleep(0.1)
+            with urllib.request.urlopen(f"http://{LOOPBACK}:{http}/metrics", timeout=10) as page:
+                metrics = page.read().decode()
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            status = proc.wait(timeout=30)
+        records = [json.loads(line) for line in out.read_text().splitlines()]
+        assert totals(records) == expected
+        assert f'douane_collector_records_total{{exporter="{LOOPBACK}"}} {float(want)}' in metrics
+        assert "douane_collector_refused_datagrams_total 0.0" in metrics
+        assert status == 0, err.read_text()
+
+    def test_no_exporters_is_usage_error(self, tmp_path: Path) -> None:
+        """Without capture.collector.exporters, `douane collect` says so and exits 2."""
+        config = tmp_path / "douane.yaml"
+        config.write_text("capture:\n  collector:\n    listen: 127.0.0.1:2055\n", encoding="utf-8")
+        result = subprocess.run(
+            [sys.executable, "-m", "douane.daemon.cli", "collect", "-c", str(config)],
+            capture_output=True, text=True, check=False, timeout=60)
+        assert result.returncode == 2
+        assert "capture.collector.exporters" in result.stderr
