@@ -225,6 +225,7 @@ class Decoder:
         self._enabled = frozenset(config.protocols)
         self._released: list[FlowRecord] = []  # records of held sets whose template just came
         self._last_data_records = 0  # data records in the message being decoded (IPFIX sequence)
+        self._held = False  # a data set of this message waits for its template: count unknown
 
     def exporter_stats(self, exporter: str) -> ExporterStats:
         stats = self.stats.get(exporter)
@@ -321,6 +322,9 @@ class Decoder:
         records = self._sets(data, IPFIX_HEADER.size, length, domain, stats, now, None, ipfix=True)
         # Section 3.1: the sequence counts data records sent before this message, options included.
         self._sequence(stats, domain, sequence, self._last_data_records)
+        if self._held:
+            # How many records the held set holds is unknown: the next message sets the count anew.
+            self._domain(domain).sequence = None
         return records
 
     # --- sets, shared --------------------------------------------------------------------------
@@ -330,6 +334,7 @@ class Decoder:
         template_set, options_set = (2, 3) if ipfix else (0, 1)
         records: list[FlowRecord] = []
         self._last_data_records = 0
+        self._held = False
         self.expire(now)
         while offset + 4 <= end:
             set_id, length = SET_HEADER.unpack_from(data, offset)
@@ -352,8 +357,6 @@ class Decoder:
                 else:
                     self._data(chunk, template, domain, base, records)
             # Set ids 4..255 are reserved (RFC 7011 section 3.3.2): skipped by length.
-        if offset != end and end - offset >= 4:
-            raise _malformed("set alignment")
         return records
 
     def _template(self, domain: Domain, template_id: int, now: float) -> _Template | None:
@@ -404,6 +407,7 @@ class Decoder:
     def _hold(self, domain: Domain, set_id: int, chunk: bytes, now: float, base: float | None
               ) -> None:
         state = self._domain(domain)
+        self._held = True
         if self._pending_total >= self.config.max_pending:
             self.exporter_stats(domain[0]).unknown_template += 1
             return
@@ -417,6 +421,7 @@ class Decoder:
             return
         kept: deque[tuple[float, int, bytes, float, float]] = deque()
         released: list[FlowRecord] = []
+        counted = self._last_data_records  # released records were sent in an earlier message
         for item in state.pending:
             if item[1] == template_id:
                 self._pending_total -= 1
@@ -428,6 +433,7 @@ class Decoder:
             else:
                 kept.append(item)
         state.pending = kept
+        self._last_data_records = counted
         self._released.extend(released)
 
     def expire(self, now: float) -> None:

@@ -176,6 +176,9 @@ class TestDecoder:
         assert records is not None
         assert [(r.src, r.packets) for r in records] == [(C4, 3)]
         assert d.stats[EXPORTER].unknown_template == 0
+        d.decode(ipfix(a_set(256, record_v4()), sequence=1), EXPORTER, NOW + 2)
+        d.decode(ipfix(a_set(256, record_v4()), sequence=2), EXPORTER, NOW + 3)
+        assert d.stats[EXPORTER].sequence_gaps == 0  # the held record was not a lost one
 
     def test_held_data_expires_as_unknown_template(self) -> None:
         """A held data set whose template never comes in time is counted as unknown_template."""
