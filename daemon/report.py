@@ -571,6 +571,7 @@ def render_html(report: Mapping[str, Any], lang: str, today: date | None = None)
             + (f"<dt>{_e(t['dpf'])}</dt><dd>{dpf}</dd>" if dpf else "")
             + f"<dt>{_e(t['sources'])}</dt><dd>{sources}</dd></dl>"
         )
+    out.append(f"<h2>{_e(t['method'])}</h2><p>{_e(t['method_text'])}</p>")
     out.append("</body></html>\n")
     return "\n".join(out)
 

@@ -28,6 +28,14 @@ TEXT: dict[str, dict[str, str]] = {
         "register_note": "Une ligne par fournisseur, service, juridiction, catégorie de données et zone. "
         "Le volume est celui des octets envoyés (et reçus).",
         "facts": "Les fournisseurs : faits et sources",
+        "method": "Méthode",
+        "method_text": "Source : le registre de preuves de douane (flux signalés par la politique, "
+        "verdict autre que « autorisé »). Une donnée sort de la juridiction UE quand la juridiction du "
+        "flux n'est pas « eu » : le lieu d'hébergement ou le contrôleur est hors de l'UE/EEE ou d'un pays "
+        "adéquat, ou une loi extraterritoriale atteint le contrôleur ; « unknown » compte comme hors UE. "
+        "Le volume est celui des octets envoyés par le réseau interne. Un flux porteur de deux catégories "
+        "de données figure dans la ligne de chacune. La période précédente a la même durée et précède "
+        "immédiatement la période du rapport. Heures en UTC.",
         "provider": "Fournisseur",
         "service": "Service",
         "jurisdiction": "Juridiction",
@@ -88,6 +96,13 @@ TEXT: dict[str, dict[str, str]] = {
         "register_note": "One row per provider, service, jurisdiction, data category and zone. "
         "Volume is bytes sent (and received).",
         "facts": "The providers: facts and sources",
+        "method": "Method",
+        "method_text": "Source: douane's evidence store (flows flagged by the policy, any verdict but "
+        "allowed). Data leaves EU jurisdiction when the flow's jurisdiction is not eu: the server's "
+        "location or the controller is outside the EU/EEA and adequate countries, or an extraterritorial "
+        "law reaches the controller; unknown counts as outside. Volume is the bytes sent by the internal "
+        "network. A flow carrying two data categories is in the row of each. The previous period has the "
+        "same length and ends where the report's begins. Times are UTC.",
         "provider": "Provider",
         "service": "Service",
         "jurisdiction": "Jurisdiction",

@@ -313,6 +313,7 @@ class TestRegister:
         assert "Microsoft Corporation" in page and "Clarifying Lawful Overseas Use of Data Act" in page
         assert '<a href="https://www.law.cornell.edu/uscode/text/18/2713">' in page
         assert "Google LLC" in page
+        assert "<h2>Method</h2>" in page and "unknown counts as outside" in page
 
     def test_expired_exception_is_marked(self, months: Path) -> None:
         """Read after its expiry, an exception that applied then is shown as expired."""
