@@ -108,6 +108,7 @@ class ExporterStats:
 # A template's fields: (key, length) with key = IE number, or enterprise << 16 | IE number.
 Fields = tuple[tuple[int, int], ...]
 Domain = tuple[str, int, int]  # (exporter, version, source id / observation domain)
+Clock = tuple[int, int]  # (header time in Unix ms, sysUpTime ms then; -1: from IPFIX IE 160)
 
 
 @dataclass
@@ -123,8 +124,8 @@ class _Template:
 class _DomainState:
     sequence: int | None = None
     sampling: int = 1
-    system_init: float | None = None  # IPFIX IE 160, for exporters sending 21/22 (softflowd)
-    pending: deque[tuple[float, int, bytes, float, float]] = field(default_factory=deque)
+    system_init: int | None = None  # IPFIX IE 160 (Unix ms), for exporters sending 21/22 (softflowd)
+    pending: deque[tuple[float, int, bytes, Clock]] = field(default_factory=deque)
 
 
 def _reverse(ie: int) -> int:
@@ -302,8 +303,8 @@ class Decoder:
         domain = (exporter, 9, source)
         # RFC 3954 section 5.1: the sequence counts export packets.
         self._sequence(stats, domain, sequence, 1)
-        base = (secs * 1000.0 - uptime) / 1000.0  # the exporter's boot time, Unix seconds
-        return self._sets(data, V9_HEADER.size, len(data), domain, stats, now, base, ipfix=False)
+        clock = (secs * 1000, uptime)  # IEs 21/22 are relative to this sysUpTime
+        return self._sets(data, V9_HEADER.size, len(data), domain, stats, now, clock, ipfix=False)
 
     # --- IPFIX (RFC 7011) ------------------------------------------------------------------------
 
@@ -317,9 +318,10 @@ class Decoder:
             raise _malformed("ipfix length")
         if length > len(data):
             raise _truncated("ipfix message")
-        del export_time  # record times come from IEs 152/153, 150/151 or 21/22 with IE 160
         domain = (exporter, 10, domain_id)
-        records = self._sets(data, IPFIX_HEADER.size, length, domain, stats, now, None, ipfix=True)
+        # Times come from IEs 152/153 or 150/151, or 21/22 with IE 160 (the uptime then follows).
+        clock = (export_time * 1000, -1)
+        records = self._sets(data, IPFIX_HEADER.size, length, domain, stats, now, clock, ipfix=True)
         # Section 3.1: the sequence counts data records sent before this message, options included.
         self._sequence(stats, domain, sequence, self._last_data_records)
         if self._held:
@@ -330,7 +332,7 @@ class Decoder:
     # --- sets, shared --------------------------------------------------------------------------
 
     def _sets(self, data: bytes, offset: int, end: int, domain: Domain, stats: ExporterStats,
-              now: float, base: float | None, ipfix: bool) -> list[FlowRecord]:
+              now: float, clock: Clock, ipfix: bool) -> list[FlowRecord]:
         template_set, options_set = (2, 3) if ipfix else (0, 1)
         records: list[FlowRecord] = []
         self._last_data_records = 0
@@ -353,9 +355,9 @@ class Decoder:
                 chunk = data[body:body_end]
                 template = self._template(domain, set_id, now)
                 if template is None:
-                    self._hold(domain, set_id, chunk, now, base)
+                    self._hold(domain, set_id, chunk, now, clock)
                 else:
-                    self._data(chunk, template, domain, base, records)
+                    self._data(chunk, template, domain, clock, records)
             # Set ids 4..255 are reserved (RFC 7011 section 3.3.2): skipped by length.
         return records
 
@@ -404,30 +406,27 @@ class Decoder:
 
     # --- held data sets ------------------------------------------------------------------------
 
-    def _hold(self, domain: Domain, set_id: int, chunk: bytes, now: float, base: float | None
-              ) -> None:
+    def _hold(self, domain: Domain, set_id: int, chunk: bytes, now: float, clock: Clock) -> None:
         state = self._domain(domain)
         self._held = True
         if self._pending_total >= self.config.max_pending:
             self.exporter_stats(domain[0]).unknown_template += 1
             return
-        state.pending.append((now + self.config.pending_timeout, set_id, chunk, now,
-                              base if base is not None else -1.0))
+        state.pending.append((now + self.config.pending_timeout, set_id, chunk, clock))
         self._pending_total += 1
 
     def _release(self, domain: Domain, template_id: int, template: _Template) -> None:
         state = self._domains.get(domain)
         if state is None or not state.pending:
             return
-        kept: deque[tuple[float, int, bytes, float, float]] = deque()
+        kept: deque[tuple[float, int, bytes, Clock]] = deque()
         released: list[FlowRecord] = []
         counted = self._last_data_records  # released records were sent in an earlier message
         for item in state.pending:
             if item[1] == template_id:
                 self._pending_total -= 1
-                base = item[4] if item[4] >= 0 else None
                 try:
-                    self._data(item[2], template, domain, base, released)
+                    self._data(item[2], template, domain, item[3], released)
                 except MalformedPacket:
                     self.exporter_stats(domain[0]).malformed += 1
             else:
@@ -449,7 +448,7 @@ class Decoder:
 
     # --- data records --------------------------------------------------------------------------
 
-    def _data(self, chunk: bytes, template: _Template, domain: Domain, base: float | None,
+    def _data(self, chunk: bytes, template: _Template, domain: Domain, clock: Clock,
               out: list[FlowRecord]) -> None:
         fields = template.fields
         offset = 0
@@ -483,7 +482,7 @@ class Decoder:
             if template.scope_count:
                 self._options(values, state)
                 continue
-            record = self._record(values, state, base)
+            record = self._record(values, state, clock)
             if record is not None:
                 out.append(record)
             self._last_data_records += 1
@@ -501,9 +500,9 @@ class Decoder:
             state.sampling = max(1, round((packet_interval + space) / packet_interval))
         init = values.get(IE_SYSTEM_INIT_MS)
         if isinstance(init, int):
-            state.system_init = init / 1000.0
+            state.system_init = init
 
-    def _record(self, values: dict[int, int | bytes], state: _DomainState, base: float | None
+    def _record(self, values: dict[int, int | bytes], state: _DomainState, clock: Clock
                 ) -> FlowRecord | None:
         src = values.get(IE_SRC_V4)
         dst = values.get(IE_DST_V4)
@@ -528,11 +527,15 @@ class Decoder:
             first = float(_int(values, IE_START_SECONDS, IE_START_SECONDS))
             last = float(_int(values, IE_END_SECONDS, IE_START_SECONDS))
         else:
-            origin = base if base is not None else state.system_init
+            header_ms, uptime = clock
+            if uptime < 0 and state.system_init is not None:
+                # IPFIX: the exporter's uptime at export, from its start time (IE 160).
+                uptime = (header_ms - state.system_init) & 0xFFFFFFFF
             fs = values.get(IE_FIRST_SWITCHED)
             ls = values.get(IE_LAST_SWITCHED)
-            if origin is not None and isinstance(fs, int) and isinstance(ls, int):
-                first, last = origin + fs / 1000.0, origin + ls / 1000.0
+            if uptime >= 0 and isinstance(fs, int) and isinstance(ls, int):
+                first = _uptime_time(header_ms, uptime, fs & 0xFFFFFFFF)
+                last = _uptime_time(header_ms, uptime, ls & 0xFFFFFFFF)
         direction = values.get(IE_DIRECTION)
         return FlowRecord(
             _int(values, IE_PROTOCOL, IE_PROTOCOL), src, _int(values, IE_SRC_PORT, IE_SRC_PORT),

@@ -12,6 +12,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -189,7 +190,8 @@ def capture(net: Any, write_pcap: Any) -> Path:
         net.udp(net.SERVER2, net.CLIENT, 53, 53000, b"r" * 120),
         net.udp(net.CLIENT6, net.SERVER6, 53001, 123, b"n" * 48),
     ]
-    return Path(write_pcap(net.stamp(packets, step=0.01)))
+    # Recent times: softflowd's 32-bit millisecond uptimes cannot place older packets.
+    return Path(write_pcap(net.stamp(packets, start=float(int(time.time()) - 600), step=0.01)))
 
 
 def totals(records: list[dict[str, Any]]) -> dict[Key, Counts]:
@@ -200,6 +202,18 @@ def totals(records: list[dict[str, Any]]) -> dict[Key, Counts]:
         before = out.get(key, (0, 0, 0, 0))
         out[key] = (before[0] + r["packets_out"], before[1] + r["bytes_out"],
                     before[2] + r["packets_in"], before[3] + r["bytes_in"])
+    return out
+
+
+def spans(records: list[dict[str, Any]]) -> dict[Key, tuple[float, float]]:
+    """First and last times per 5-tuple, as Unix seconds."""
+    out: dict[Key, tuple[float, float]] = {}
+    for r in records:
+        key = (r["src"], r["sport"], r["dst"], r["dport"], r["proto"])
+        start = datetime.fromisoformat(r["start"]).timestamp()
+        end = datetime.fromisoformat(r["end"]).timestamp()
+        before = out.get(key, (start, end))
+        out[key] = (min(before[0], start), max(before[1], end))
     return out
 
 
@@ -247,7 +261,8 @@ class TestSoftflowd:
                                   tmp_path: Path) -> None:
         """softflowd's export of a capture gives douane the flows, packets and IP bytes that
         `douane replay` finds in it (NetFlow v5 carries IPv4 only)."""
-        expected = totals(replayed(capture, geo))
+        replay_records = replayed(capture, geo)
+        expected = totals(replay_records)
         if version == "5":
             expected = {k: v for k, v in expected.items() if ":" not in k[0]}
         # One declaration per direction: two per flow with traffic both ways.
@@ -258,6 +273,12 @@ class TestSoftflowd:
         stats = collector.decoder.stats[LOOPBACK]
         assert (stats.malformed, stats.unknown_template, stats.sequence_gaps) == (0, 0, 0)
         assert collector.refused == 0
+        # Times: NetFlow v9's header has whole seconds beside a millisecond uptime, so its
+        # absolute times are off by less than a second; v5 (nanoseconds) and IPFIX (IE 160) are not.
+        close = 1.0 if version == "9" else 0.002
+        for key, (start, end) in spans(records).items():
+            want_start, want_end = spans(replay_records)[key]
+            assert abs(start - want_start) <= close and abs(end - want_end) <= close, key
         by_key = {(r["src"], r["dport"]): r for r in records if r["bytes_out"]}
         web = by_key[("10.0.0.5", 443)]
         assert (web["direction"], web["proto"]) == ("outbound", "tcp")

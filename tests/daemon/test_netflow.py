@@ -252,6 +252,28 @@ class TestDecoder:
         assert records is not None
         assert [(r.first, r.last) for r in records] == [(NOW - 10, NOW - 1)]
 
+    def test_v9_uptime_wrap(self) -> None:
+        """A flow that started before sysUpTime wrapped (49.7 days) is seconds old, not days ahead."""
+        fields = ((8, 4), (12, 4), (2, 4), (1, 4), (22, 4), (21, 4))
+        data = C4 + S4 + struct.pack("!IIII", 1, 40, 2**32 - 9_000, 500)
+        records = decoder().decode(
+            v9(a_set(0, template(256, *fields)), a_set(256, data), uptime=1_000), EXPORTER, NOW)
+        assert records is not None
+        assert [(r.first, r.last) for r in records] == [(NOW - 10, NOW - 0.5)]
+
+    def test_ipfix_uptime_from_system_init(self) -> None:
+        """IPFIX 21/22 with systemInitTimeMilliseconds (IE 160) from options data: absolute times."""
+        d = decoder()
+        options = struct.pack("!HHH", 257, 2, 1) + struct.pack("!HHHH", 143, 4, 160, 8)
+        fields = ((8, 4), (12, 4), (2, 4), (1, 4), (22, 4), (21, 4))
+        init_ms = int(NOW) * 1000 - 3_600_000  # started an hour before the export
+        records = d.decode(ipfix(
+            a_set(2, template(256, *fields)), a_set(3, options),
+            a_set(257, struct.pack("!IQ", 1, init_ms)),
+            a_set(256, C4 + S4 + struct.pack("!IIII", 1, 40, 3_590_000, 3_599_000))), EXPORTER, NOW)
+        assert records is not None
+        assert [(r.first, r.last) for r in records] == [(NOW - 10, NOW - 1)]
+
     def test_sequence_gaps_ipfix(self) -> None:
         """IPFIX sequence numbers count data records: a jump counts the records lost."""
         d = decoder()
