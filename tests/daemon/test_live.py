@@ -24,7 +24,8 @@ from typing import Any
 import pytest
 from scapy.layers.dns import DNS, DNSQR, DNSRR
 from scapy.layers.inet import IP, UDP
-from scapy.layers.l2 import Ether
+from scapy.layers.l2 import Dot1Q, Ether
+from scapy.packet import Raw
 from scapy.utils import wrpcap
 
 from douane.daemon.demo_capture import START, client_hello, tcp_session
@@ -171,6 +172,41 @@ class TestRun:
         live = float(re.search(r'douane_packets_total\{source="live"\} (\S+)', metrics).group(1))  # type: ignore[union-attr]
         assert sent <= live <= sent + 10, metrics
         assert 'douane_packets_dropped_total{reason="kernel"}' in metrics
+
+    def test_vlan_tag_kept(self, namespaces: tuple[str, str], tmp_path: Path) -> None:
+        """A VLAN-tagged frame keeps its tag in the record, even where the kernel strips it."""
+        a, b = namespaces
+        daemon = Daemon(a, tmp_path, CONFIG)
+        frame = (Ether() / Dot1Q(vlan=30) / IP(src="10.30.0.21", dst=AZURE)
+                 / UDP(sport=40001, dport=5000) / Raw(b"x" * 20))
+        send(b, tmp_path, [frame])
+        time.sleep(1)
+        records = daemon.stop()
+        flow = next(r for r in records if r.get("dport") == 5000)
+        assert flow["vlan"] == 30
+
+    def test_plain_sockets(self, namespaces: tuple[str, str], tmp_path: Path) -> None:
+        """Without the ring (one recv per frame), every frame the filter passes is read, only those."""
+        a, b = namespaces
+        code = (
+            "import sys, threading, time\n"
+            "from douane.daemon.live import LiveCapture, LiveConfig\n"
+            "cap = LiveCapture(LiveConfig(('dva',), bpf='udp port 5001', ring=False)); cap.start()\n"
+            "stop = threading.Event(); threading.Timer(6, stop.set).start()\n"
+            "from douane.daemon.dissect import dissect\n"
+            "seen = [dissect(lt, buf, s, e, w, {}) for buf, recs in cap.batches(stop, lambda now: None)"
+            " for _, lt, s, e, w in recs]\n"
+            "print(sum(1 for p in seen if p and p[5] == 5001), len(seen))\n"
+        )
+        reader = subprocess.Popen(["ip", "netns", "exec", a, sys.executable, "-c", code],
+                                  stdout=subprocess.PIPE, text=True)
+        time.sleep(2)
+        frames = [Ether() / IP(src="10.30.0.21", dst=AZURE) / UDP(sport=40002, dport=5001) / Raw(b"y" * i)
+                  for i in range(1, 51)]
+        send(b, tmp_path, frames)
+        out, _ = reader.communicate(timeout=60)
+        matching, total = map(int, out.split())
+        assert (matching, total) == (50, 50), out
 
     def test_sighup_reload(self, namespaces: tuple[str, str], tmp_path: Path) -> None:
         """SIGHUP with a valid file reloads; with an invalid one it is refused and counted, and the
