@@ -64,11 +64,12 @@ def record_to_flow(record: FlowRecord, internal: InternalNetworks) -> Flow:
     proto, src, sport, dst, dport = record.proto, record.src, record.sport, record.dst, record.dport
     out_packets, out_bytes = record.packets, record.bytes
     in_packets, in_bytes = record.rpackets, record.rbytes
-    # A biflow record's source is the initiator (RFC 5103 section 5.2); a uni-directional record
-    # is turned around when it comes from a server port, as the flow table does.
-    if not (in_packets or in_bytes) and _server_side(sport, dport):
+    # A record from a server port is turned around, as the flow table does for a flow seen from
+    # the middle. RFC 5103 makes a biflow's source the initiator, but exporters that do not track
+    # it order the two sides their own way (softflowd -b does): biflows get the same guess.
+    if _server_side(sport, dport):
         src, sport, dst, dport = dst, dport, src, sport
-        out_packets, out_bytes, in_packets, in_bytes = 0, 0, out_packets, out_bytes
+        out_packets, out_bytes, in_packets, in_bytes = in_packets, in_bytes, out_packets, out_bytes
     flow = Flow((0, proto, src, sport, dst, dport), 0, proto, src, sport, dst, dport, record.first,
                 direction_of(internal, src, dst))
     flow.last = record.last

@@ -68,11 +68,22 @@ class TestRecordToFlow:
             C4, 40000, S4, 443, "outbound")
         assert (flow.packets_out, flow.bytes_out, flow.packets_in, flow.bytes_in) == (0, 0, 3, 1120)
 
-    def test_biflow_kept_as_sent(self) -> None:
-        """A biflow record keeps its orientation (the source is the initiator) and both counters."""
-        flow = record_to_flow(record(S4, 443, C4, 40000, 4, 260, 3, 1120), INTERNAL)
-        assert (flow.src, flow.direction) == (S4, "inbound")
+    def test_biflow(self) -> None:
+        """A biflow record gives one flow with both directions' counters."""
+        flow = record_to_flow(record(C4, 40000, S4, 443, 4, 260, 3, 1120), INTERNAL)
+        assert (flow.src, flow.direction) == (C4, "outbound")
         assert (flow.packets_out, flow.bytes_out, flow.packets_in, flow.bytes_in) == (4, 260, 3, 1120)
+
+    def test_biflow_from_server_side(self) -> None:
+        """A biflow sent server side first (softflowd -b) is turned around, counters swapped."""
+        flow = record_to_flow(record(S4, 443, C4, 40000, 3, 1120, 4, 260), INTERNAL)
+        assert (flow.src, flow.sport, flow.direction) == (C4, 40000, "outbound")
+        assert (flow.packets_out, flow.bytes_out, flow.packets_in, flow.bytes_in) == (4, 260, 3, 1120)
+
+    def test_biflow_inbound(self) -> None:
+        """A biflow opened from outside to an internal server stays inbound."""
+        flow = record_to_flow(record(S4, 50000, C4, 443, 2, 100, 2, 200), INTERNAL)
+        assert (flow.src, flow.direction) == (S4, "inbound")
 
 
 class TestFlowCollector:
@@ -239,8 +250,9 @@ def collected(path: Path, geo: GeoDatabases, version: str, tmp_path: Path, expec
         host, port = collector.address
         # -c none: no control socket (it hangs here otherwise); -d: foreground; -6: IPv6 too.
         run = subprocess.run(
-            [SOFTFLOWD, "-r", str(path), "-n", f"{host}:{port}", "-v", version, "-6", "-d",
-             "-c", "none", "-p", str(tmp_path / "softflowd.pid")],
+            [SOFTFLOWD, "-r", str(path), "-n", f"{host}:{port}", "-v", version.rstrip("b"),
+             *(["-b"] if version.endswith("b") else []), "-6", "-d", "-c", "none",
+             "-p", str(tmp_path / "softflowd.pid")],
             check=False, capture_output=True, text=True, timeout=30)
         assert run.returncode == 0, run.stderr
         deadline = time.monotonic() + 10
@@ -256,17 +268,18 @@ def collected(path: Path, geo: GeoDatabases, version: str, tmp_path: Path, expec
 
 @pytest.mark.skipif(SOFTFLOWD is None, reason="softflowd not installed (.ci/run installs it)")
 class TestSoftflowd:
-    @pytest.mark.parametrize("version", ["5", "9", "10"], ids=["netflow5", "netflow9", "ipfix"])
+    @pytest.mark.parametrize("version", ["5", "9", "10", "10b"],
+                             ids=["netflow5", "netflow9", "ipfix", "ipfix-biflow"])
     def test_same_flows_as_replay(self, version: str, capture: Path, geo: GeoDatabases,
                                   tmp_path: Path) -> None:
         """softflowd's export of a capture gives douane the flows, packets and IP bytes that
-        `douane replay` finds in it (NetFlow v5 carries IPv4 only)."""
+        `douane replay` finds in it (NetFlow v5 carries IPv4 only; `-b`: RFC 5103 biflows)."""
         replay_records = replayed(capture, geo)
         expected = totals(replay_records)
         if version == "5":
             expected = {k: v for k, v in expected.items() if ":" not in k[0]}
-        # One declaration per direction: two per flow with traffic both ways.
-        want = sum(1 + (v[0] > 0 and v[2] > 0) for v in expected.values())
+        # One declaration per direction (two per flow with traffic both ways), one per biflow.
+        want = sum(1 + (v[0] > 0 and v[2] > 0 and version != "10b") for v in expected.values())
         records, collector = collected(capture, geo, version, tmp_path, want)
         assert totals(records) == expected
         assert len(records) == want
