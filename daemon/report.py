@@ -606,12 +606,23 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--config", "-c", metavar="CFG",
                    help="configuration file (YAML): evidence.path, and the policy whose exceptions "
                    "the register explains (rule, justification, expiry)")
-    p.add_argument("--since", type=_day, required=True, metavar="YYYY-MM-DD", help="first day (UTC)")
+    when = p.add_mutually_exclusive_group(required=True)
+    when.add_argument("--since", type=_day, metavar="YYYY-MM-DD", help="first day (UTC)")
+    when.add_argument("--last-month", action="store_true",
+                      help="the previous calendar month (for a monthly timer)")
     p.add_argument("--until", type=_day, metavar="YYYY-MM-DD", help="last day included (default: today)")
     p.add_argument("--format", choices=FORMATS, help="default: from the -o suffix, else html")
     p.add_argument("--lang", choices=LANGUAGES, default="fr", help="wording (default: fr)")
     p.add_argument("-o", "--output", metavar="PATH", help="the file to write (default: standard output)")
+    p.add_argument("--output-dir", metavar="DIR",
+                   help="write douane-YYYY-MM-DD_YYYY-MM-DD.html, .csv and .json into DIR instead")
     p.set_defaults(func=cmd_report)
+
+
+def last_month(today: date) -> Period:
+    """The calendar month before `today`'s."""
+    last = today.replace(day=1) - timedelta(days=1)
+    return Period(last.replace(day=1), last)
 
 
 def _sources(args: argparse.Namespace) -> tuple[Path, dict[str, dict[str, str]]]:
@@ -637,7 +648,29 @@ def _sources(args: argparse.Namespace) -> tuple[Path, dict[str, dict[str, str]]]
 def cmd_report(args: argparse.Namespace) -> int:
     configure_logging("warning")  # standard output may be the report itself
     today = datetime.now(UTC).date()
+    if args.last_month:
+        month = last_month(today)
+        args.since, args.until = month.first, month.last
     until = args.until or today
+    if args.output_dir:
+        # One run, every format: what the monthly timer files for the DPO.
+        folder = Path(args.output_dir)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            print(f"douane report: {folder}: cannot create ({exc.strerror or exc})", file=sys.stderr)
+            return EXIT_USAGE
+        for fmt in FORMATS:
+            args.format = fmt
+            args.output = str(folder / f"douane-{args.since}_{until}.{fmt}")
+            status = _one_report(args, today, until)
+            if status != EXIT_OK:
+                return status
+        return EXIT_OK
+    return _one_report(args, today, until)
+
+
+def _one_report(args: argparse.Namespace, today: date, until: date) -> int:
     if until < args.since:
         print(f"douane report: --until {until} is before --since {args.since}", file=sys.stderr)
         return EXIT_USAGE

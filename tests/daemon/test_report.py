@@ -542,3 +542,27 @@ def test_html_renders_in_chromium(months: Path, tmp_path: Path) -> None:
         if colour in counts:
             counts[colour] += 1
     assert counts[blue] > 5000 and counts[red] > 1000, counts
+
+
+class TestMonthlyRun:
+    def test_last_month_and_output_dir(self, tmp_path: Path) -> None:
+        """--last-month is the previous calendar month; --output-dir writes the three formats."""
+        from datetime import date
+
+        from douane.daemon.report import last_month
+
+        month = last_month(date(2026, 3, 15))
+        assert (month.first, month.last) == (date(2026, 2, 1), date(2026, 2, 28))
+        month = last_month(date(2027, 1, 1))
+        assert (month.first, month.last) == (date(2026, 12, 1), date(2026, 12, 31))
+        store = tmp_path / "state" / "evidence.sqlite"
+        made = subprocess.run([*DOUANE, "demo", "--evidence", str(store)], capture_output=True,
+                              text=True, check=False)
+        assert made.returncode == 0, made.stderr
+        out = tmp_path / "reports" / "monthly"
+        result = subprocess.run([*DOUANE, "report", "--evidence", str(store), "--last-month",
+                                 "--output-dir", str(out)], capture_output=True, text=True, check=False)
+        assert result.returncode == 0, result.stderr
+        assert sorted(p.suffix for p in out.iterdir()) == [".csv", ".html", ".json"]
+        data = json.loads(next(out.glob("*.json")).read_text())
+        assert data["period"]["until"] < data["generated"][:10]

@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[2]
 UNITS = ROOT / "systemd"
 DOUANE = "/opt/douane/venv/bin/douane"  # the one install path the units name (systemd/README.md)
 SERVICE, UPDATE, TIMER = "douane.service", "douane-update-db.service", "douane-update-db.timer"
+REPORT, REPORT_TIMER = "douane-report.service", "douane-report.timer"
 MAX_EXPOSURE = 2.0
 
 Unit = dict[str, list[tuple[str, str]]]
@@ -242,14 +243,14 @@ def analyze() -> str:
 def verifiable(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The three units with the douane binary path replaced by one that exists everywhere."""
     folder = tmp_path_factory.mktemp("units")
-    for name in (SERVICE, UPDATE, TIMER):
+    for name in (SERVICE, UPDATE, TIMER, REPORT, REPORT_TIMER):
         text = (UNITS / name).read_text()
         (folder / name).write_text(text.replace(DOUANE, "/bin/true"))
     return folder
 
 
 def test_only_one_install_path(verifiable: Path) -> None:
-    for name in (SERVICE, UPDATE):
+    for name in (SERVICE, UPDATE, REPORT):
         text = (verifiable / name).read_text()
         assert "/opt/douane" not in "\n".join(
             line for line in text.splitlines() if line.startswith("Exec")
@@ -259,7 +260,8 @@ def test_only_one_install_path(verifiable: Path) -> None:
 def test_systemd_analyze_verify(analyze: str, verifiable: Path) -> None:
     """Exit 0 and not a word: systemd only warns (exit 0) about an unknown or misspelt key."""
     result = subprocess.run(
-        [analyze, "verify", "--man=no", *(str(verifiable / n) for n in (SERVICE, UPDATE, TIMER))],
+        [analyze, "verify", "--man=no",
+         *(str(verifiable / n) for n in (SERVICE, UPDATE, TIMER, REPORT, REPORT_TIMER))],
         capture_output=True, text=True, check=False,
     )
     assert result.returncode == 0, result.stderr
@@ -279,7 +281,7 @@ def exposure(analyze: str, unit: Path) -> float:
     return figure
 
 
-@pytest.mark.parametrize("name", [SERVICE, UPDATE])
+@pytest.mark.parametrize("name", [SERVICE, UPDATE, REPORT])
 def test_systemd_analyze_security(analyze: str, verifiable: Path, name: str) -> None:
     assert exposure(analyze, verifiable / name) <= MAX_EXPOSURE
 
@@ -438,3 +440,26 @@ def test_live_capture_under_the_unit_sandbox(sandbox: list[str], netns: str, tmp
             if proc.poll() is None:
                 proc.kill()
     assert '"capture_stopped"' in log.read_text()
+
+
+# --- douane-report.service and .timer -------------------------------------------------------------
+
+
+class TestReportUnits:
+    def test_monthly_report_without_network(self) -> None:
+        """The report runs `douane report --last-month` into the state directory, with no network."""
+        unit = load(REPORT)
+        assert values(unit, "Service", "ExecStart") == [
+            f"{DOUANE} report --config /etc/douane/douane.yaml --last-month "
+            "--output-dir /var/lib/douane/reports"
+        ]
+        assert values(unit, "Service", "PrivateNetwork") == ["yes"]
+        assert values(unit, "Service", "RestrictAddressFamilies") == ["AF_UNIX"]
+        assert values(unit, "Service", "CapabilityBoundingSet") == [""]
+        assert values(unit, "Service", "User") == ["douane"]
+
+    def test_timer_first_of_the_month(self) -> None:
+        """The report timer runs on the 1st and catches up after downtime."""
+        timer = load(REPORT_TIMER)
+        assert values(timer, "Timer", "OnCalendar") == ["*-*-01 05:00:00"]
+        assert values(timer, "Timer", "Persistent") == ["true"]
