@@ -147,6 +147,16 @@ class TestDecoder:
         assert records is not None
         assert [(r.src, r.dst, r.packets, r.bytes) for r in records] == [(C4, S4, 2, 200)]
 
+    def test_reduced_size_and_repeated_fields(self) -> None:
+        """Reduced-size integers (RFC 7011 section 6.2) and a repeated field (the first counts)
+        are read field by field, as a struct-friendly template is read in one call."""
+        fields = ((8, 4), (12, 4), (2, 4), (1, 3), (8, 4))
+        data = C4 + S4 + struct.pack("!I", 2) + (70000).to_bytes(3, "big") + bytes(4)
+        records = decoder().decode(
+            ipfix(a_set(2, template(256, *fields)), a_set(256, data * 2)), EXPORTER, NOW)
+        assert records is not None
+        assert [(r.src, r.packets, r.bytes) for r in records] == [(C4, 2, 70000)] * 2
+
     def test_biflow(self) -> None:
         """RFC 5103 reverse counters (enterprise 29305) fill the record's reverse direction."""
         fields = (*FIELDS_V4, (2, 4, ENTERPRISE_REVERSE), (1, 4, ENTERPRISE_REVERSE))
