@@ -114,7 +114,7 @@ Clock = tuple[int, int]  # (header time in Unix ms, sysUpTime ms then; -1: from 
 @dataclass
 class _Template:
     fields: Fields
-    scope_count: int  # options templates: the scope fields come first
+    options: bool  # an options template: its records describe the exporter, not flows
     stored: float
     fixed: int  # length of one record when no field is variable-length, else 0
     minimum: int  # the smallest a record can be
@@ -210,10 +210,10 @@ def parse_template_fields(
     return tuple(fields), offset
 
 
-def _make_template(fields: Fields, scope_count: int, now: float) -> _Template:
+def _make_template(fields: Fields, options: bool, now: float) -> _Template:
     variable = any(length == VARIABLE_LENGTH for _k, length in fields)
     minimum = sum(1 if length == VARIABLE_LENGTH else length for _k, length in fields)
-    return _Template(fields, scope_count, now, 0 if variable else minimum, minimum,
+    return _Template(fields, options, now, 0 if variable else minimum, minimum,
                      None if variable else _plan(fields))
 
 
@@ -280,7 +280,8 @@ class Decoder:
         try:
             if version == 5:
                 sequence, count, records = decode_v5(data)
-                self._sequence(stats, (exporter, 5, 0), sequence, count)
+                engine = data[20] << 8 | data[21]  # engine type and id: one sequence each
+                self._sequence(stats, (exporter, 5, engine), sequence, count)
             elif version == 9:
                 records = self._decode_v9(data, exporter, stats, now)
             else:
@@ -315,7 +316,10 @@ class Decoder:
         if state is None:
             if len(self._domains) >= self.config.max_templates:
                 # Bounded like the templates: forget the oldest domain's state.
-                del self._domains[next(iter(self._domains))]
+                oldest = next(iter(self._domains))
+                dropped = len(self._domains.pop(oldest).pending)
+                self._pending_total -= dropped
+                self.exporter_stats(oldest[0]).unknown_template += dropped
             state = self._domains[domain] = _DomainState()
         return state
 
@@ -424,7 +428,7 @@ class Decoder:
             ):
                 oldest = min(self._templates, key=lambda k: self._templates[k].stored)
                 del self._templates[oldest]
-            template = _make_template(fields, scope_count, now)
+            template = _make_template(fields, options, now)
             self._templates[(domain, template_id)] = template
             stats.templates += 1
             self._release(domain, template_id, template)
@@ -480,7 +484,7 @@ class Decoder:
         offset = 0
         end = len(chunk)
         state = self._domain(domain)
-        options = template.scope_count > 0
+        options = template.options
         if template.plan is not None:
             layout, keys = template.plan
             unpack = layout.unpack_from
@@ -576,6 +580,8 @@ class Decoder:
             if uptime >= 0 and isinstance(fs, int) and isinstance(ls, int):
                 first = _uptime_time(header_ms, uptime, fs & 0xFFFFFFFF)
                 last = _uptime_time(header_ms, uptime, ls & 0xFFFFFFFF)
+        if not first:
+            first = last = clock[0] / 1000.0  # no time fields: the export time stands in
         direction = values.get(IE_DIRECTION)
         return FlowRecord(
             _int(values, IE_PROTOCOL, IE_PROTOCOL), src, _int(values, IE_SRC_PORT, IE_SRC_PORT),

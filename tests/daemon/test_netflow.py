@@ -253,6 +253,42 @@ class TestDecoder:
         assert records is not None
         assert [(r.packets, r.bytes, r.sampling) for r in records] == [(20, 2000, 10)]
 
+    def test_v9_options_without_scope(self) -> None:
+        """A v9 options template with no scope field still sets the sampling interval."""
+        d = decoder()
+        options = struct.pack("!HHH", 257, 0, 4) + struct.pack("!HH", 34, 4)
+        d.decode(v9(a_set(0, template(256, *FIELDS_V4)), a_set(1, options),
+                    a_set(257, struct.pack("!I", 4))), EXPORTER, NOW)
+        records = d.decode(v9(a_set(256, record_v4(2, 200)), sequence=1), EXPORTER, NOW)
+        assert records is not None
+        assert [(r.packets, r.sampling) for r in records] == [(8, 4)]
+
+    def test_no_time_fields(self) -> None:
+        """A record without time fields takes the message's export time."""
+        fields = ((8, 4), (12, 4), (2, 4), (1, 4))
+        records = decoder().decode(ipfix(a_set(2, template(256, *fields)),
+                                         a_set(256, C4 + S4 + struct.pack("!II", 1, 40))),
+                                   EXPORTER, NOW)
+        assert records is not None
+        assert [(r.first, r.last) for r in records] == [(NOW, NOW)]
+
+    def test_domains_bounded_drop_held_sets(self) -> None:
+        """Forgetting the oldest domain counts its held data sets as unknown_template."""
+        d = decoder(max_templates=2)
+        for domain in (1, 2, 3):
+            d.decode(ipfix(a_set(256, record_v4()), domain=domain), EXPORTER, NOW)
+        assert d.stats[EXPORTER].unknown_template == 1
+        d.expire(NOW + 60)
+        assert d.stats[EXPORTER].unknown_template == 3
+
+    def test_v5_engines_have_their_own_sequence(self) -> None:
+        """Two v5 engines on one exporter keep separate sequence numbers: no false gap."""
+        d = decoder()
+        other = SOFTFLOWD_V5[:16] + struct.pack("!IBB", 100, 1, 2) + SOFTFLOWD_V5[22:]
+        for data in (SOFTFLOWD_V5, other):
+            d.decode(data, EXPORTER, NOW)
+        assert d.stats[EXPORTER].sequence_gaps == 0
+
     def test_v9_uptime_times(self) -> None:
         """v9 first/last switched (21/22) are sysUpTime milliseconds, made absolute by the header."""
         fields = ((8, 4), (12, 4), (2, 4), (1, 4), (22, 4), (21, 4))
