@@ -401,25 +401,37 @@ class Decoder:
     def _templates_in(self, data: bytes, offset: int, end: int, domain: Domain,
                       stats: ExporterStats, now: float, ipfix: bool, options: bool) -> None:
         ipfix_options = ipfix and options
-        header = 6 if ipfix_options else (6 if options else 4)
+        header = 6 if options and not ipfix else 4
+        # What is left after the last template is padding (RFC 7011 section 3.3.1), shorter than a
+        # template header.
         while end - offset >= header:
-            (template_id,) = U16.unpack_from(data, offset)
+            template_id, count = SET_HEADER.unpack_from(data, offset)
+            offset += header
+            scope_count = 0
             if options and not ipfix:
                 # RFC 3954 section 6.1: scope and option lengths in bytes, four per field.
-                scope_len, option_len = SET_HEADER.unpack_from(data, offset + 2)
+                scope_len, option_len = count, U16.unpack_from(data, offset - 2)[0]
                 if scope_len % 4 or option_len % 4:
                     raise _malformed("netflow9 options template lengths")
                 scope_count, count = scope_len // 4, (scope_len + option_len) // 4
-            else:
-                (count,) = U16.unpack_from(data, offset + 2)
-                scope_count = U16.unpack_from(data, offset + 4)[0] if ipfix_options else 0
-            offset += header
+            if count == 0 and ipfix:
+                # RFC 7011 section 8.1: a withdrawal (field count 0, no scope count); the set's own
+                # id as template id withdraws all the domain's templates.
+                if template_id in (2, 3):
+                    for key in [k for k in self._templates if k[0] == domain]:
+                        del self._templates[key]
+                else:
+                    self._templates.pop((domain, template_id), None)
+                continue
             if template_id < 256:
                 raise _malformed("template id")
+            if ipfix_options:
+                if offset + 2 > end:
+                    raise _truncated("options template scope count")
+                (scope_count,) = U16.unpack_from(data, offset)
+                offset += 2
             if count == 0:
-                # RFC 7011 section 8.1: a withdrawal (field count 0).
-                self._templates.pop((domain, template_id), None)
-                continue
+                raise _malformed("template field count")  # RFC 3954 has no withdrawal
             if scope_count > count or (ipfix_options and scope_count == 0):
                 raise _malformed("options template scope count")
             fields, offset = parse_template_fields(data, offset, end, count, ipfix)
@@ -432,7 +444,6 @@ class Decoder:
             self._templates[(domain, template_id)] = template
             stats.templates += 1
             self._release(domain, template_id, template)
-        # What is left is padding (RFC 7011 section 3.3.1), shorter than a template header.
 
     # --- held data sets ------------------------------------------------------------------------
 

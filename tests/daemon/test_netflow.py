@@ -220,6 +220,24 @@ class TestDecoder:
         d.decode(ipfix(a_set(2, struct.pack("!HH", 256, 0))), EXPORTER, NOW)
         assert d.template_count() == 0
 
+    def test_withdraw_all(self) -> None:
+        """Template id 2 with field count 0 withdraws every template of the domain, options too."""
+        d = decoder()
+        options = struct.pack("!HHH", 257, 1, 1) + struct.pack("!HH", 34, 4)
+        d.decode(ipfix(a_set(2, template(256, *FIELDS_V4)), a_set(3, options)), EXPORTER, NOW)
+        d.decode(ipfix(a_set(2, template(256, *FIELDS_V4)), domain=9), EXPORTER, NOW)
+        assert d.template_count() == 3
+        d.decode(ipfix(a_set(2, struct.pack("!HH", 2, 0))), EXPORTER, NOW)
+        assert d.template_count() == 1
+
+    def test_options_withdrawal(self) -> None:
+        """An options template withdrawal is four bytes: id and field count 0, no scope count."""
+        d = decoder()
+        options = struct.pack("!HHH", 257, 1, 1) + struct.pack("!HH", 34, 4)
+        d.decode(ipfix(a_set(3, options)), EXPORTER, NOW)
+        d.decode(ipfix(a_set(3, struct.pack("!HH", 257, 0))), EXPORTER, NOW)
+        assert d.template_count() == 0
+
     def test_templates_bounded(self) -> None:
         """The template store never holds more than max_templates."""
         d = decoder(max_templates=3)
