@@ -512,6 +512,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     policy = load_policy(config)  # a bad policy raises PolicyError, reported like a bad config
     if config.capture.pcap is not None and not config.capture.pcap.is_file():
         problems.append(f"{config.source}: key 'capture.pcap': no such file {config.capture.pcap}")
+    if config.capture.collector is not None and not config.capture.collector.exporters:
+        problems.append(f"{config.source}: key 'capture.collector.exporters': no exporter listed, "
+                        "every datagram would be refused")
     for problem in problems:
         print(f"douane check: {problem}", file=sys.stderr)
     if problems:

@@ -383,6 +383,17 @@ class TestCollectCommand:
         assert "douane_collector_refused_datagrams_total 0.0" in metrics
         assert status == 0, err.read_text()
 
+    def test_check_without_exporters(self, tmp_path: Path) -> None:
+        """`douane check` reports a collector with no exporter listed."""
+        config = tmp_path / "douane.yaml"
+        config.write_text(f"capture:\n  collector:\n    listen: 127.0.0.1:2055\n"
+                          f"geo:\n  state_dir: {tmp_path / 'geo'}\n", encoding="utf-8")
+        result = subprocess.run(
+            [sys.executable, "-m", "douane.daemon.cli", "check", "-c", str(config)],
+            capture_output=True, text=True, check=False, timeout=60)
+        assert result.returncode == 1
+        assert "capture.collector.exporters" in result.stderr
+
     def test_no_exporters_is_usage_error(self, tmp_path: Path) -> None:
         """Without capture.collector.exporters, `douane collect` says so and exits 2."""
         config = tmp_path / "douane.yaml"
