@@ -288,6 +288,9 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     douane_port, prom_port = free_port(), free_port()
     config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        # The alert and recording rules run on the same server, so the tests below can check that
+        # every rule evaluates against real douane series (issue 6).
+        "rule_files": [str(ROOT / "prometheus" / "douane.rules.yml")],
         "scrape_configs": [{"job_name": "douane",
                             "static_configs": [{"targets": [f"127.0.0.1:{douane_port}"]}]}],
     }
@@ -394,3 +397,23 @@ def test_gauges_from_the_demo(prometheus: str) -> None:
     assert float(age["data"]["result"][0]["value"][1]) > 0
     builds = panel_query("Build info")
     assert [s["metric"]["version"] for s in builds["data"]["result"]] == [__version__]
+
+
+def test_alert_rules_evaluate_against_real_series(prometheus: str) -> None:
+    """Every alert and recording rule evaluates without error on a server scraping the demo, and the
+    demo's flagged health flow to Azure raises the health alert."""
+    def evaluated() -> bool:
+        groups = get_json(f"{prometheus}/api/v1/rules")["data"]["groups"]
+        return all(rule.get("lastEvaluation", "").startswith("20") and
+                   not rule["lastEvaluation"].startswith("0001")
+                   for group in groups for rule in group["rules"])
+
+    wait_until(evaluated, "every rule evaluated once", [])
+    groups = get_json(f"{prometheus}/api/v1/rules")["data"]["groups"]
+    rules = [rule for group in groups for rule in group["rules"]]
+    assert len(rules) >= 12
+    broken = {rule["name"]: rule.get("lastError") for rule in rules if rule["health"] != "ok"}
+    assert not broken, broken
+    alerts = get_json(f"{prometheus}/api/v1/alerts")["data"]["alerts"]
+    active = {alert["labels"]["alertname"] for alert in alerts}
+    assert "DouaneHealthDataOutsideEU" in active, active
