@@ -8,6 +8,7 @@ import gc
 import json
 import secrets
 import signal
+import ssl
 import sys
 import tempfile
 import threading
@@ -289,14 +290,31 @@ def cmd_replay(args: argparse.Namespace, path: Path | None = None) -> int:
     if args.metrics_out:
         Path(args.metrics_out).write_bytes(generate_latest(replay.registry))
     if getattr(args, "serve", None):
-        return _serve(replay.registry, args.serve, status)
+        return _serve(replay.registry, args.serve, status, config)
     return status
 
 
-def _serve(registry: CollectorRegistry, listen: str, status: int) -> int:
-    host, port = parse_listen(listen)
-    server, thread = start_http_server(port, addr=host, registry=registry)
-    print(f"douane: serving metrics on http://{listen}/metrics until interrupted", file=sys.stderr)
+def start_exporter(config: Config, registry: CollectorRegistry, listen: str | None = None) -> Any:
+    """The metrics endpoint: plain HTTP, or TLS (and client certificates) when exporter.tls says so.
+
+    Raises OSError (address in use, unreadable certificate) and ssl.SSLError (bad certificate).
+    """
+    host, port = parse_listen(listen or config.exporter_listen)
+    if config.exporter_cert is None:
+        return start_http_server(port, addr=host, registry=registry)
+    return start_http_server(
+        port, addr=host, registry=registry,
+        certfile=str(config.exporter_cert), keyfile=str(config.exporter_key),
+        client_cafile=str(config.exporter_client_ca) if config.exporter_client_ca else None,
+        client_auth_required=config.exporter_client_ca is not None,
+        tls_min_version=ssl.TLSVersion.TLSv1_2,
+    )
+
+
+def _serve(registry: CollectorRegistry, listen: str, status: int, config: Config) -> int:
+    server, thread = start_exporter(config, registry, listen)
+    scheme = "https" if config.exporter_cert is not None else "http"
+    print(f"douane: serving metrics on {scheme}://{listen}/metrics until interrupted", file=sys.stderr)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -342,8 +360,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     daemon.geo.start()
     tune_gc()
-    host, port = parse_listen(config.exporter_listen)
-    server, thread = start_http_server(port, addr=host, registry=daemon.registry)
+    try:
+        server, thread = start_exporter(config, daemon.registry)
+    except (OSError, ssl.SSLError) as exc:
+        print(f"douane run: exporter on {config.exporter_listen}: {exc}", file=sys.stderr)
+        live.stop()
+        return EXIT_USAGE
     table, metrics = daemon.table, daemon.metrics
     watchdog = {"last": 0.0}
 
@@ -431,8 +453,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     daemon.geo.start()
     tune_gc()
-    host, port = parse_listen(config.exporter_listen)
-    server, thread = start_http_server(port, addr=host, registry=daemon.registry)
+    server, thread = start_exporter(config, daemon.registry)
     watchdog = {"last": 0.0}
 
     def on_idle(now: float) -> None:
@@ -510,6 +531,15 @@ def cmd_check(args: argparse.Namespace) -> int:
     problems = list(geo.problems())
     problems += load_jurisdictions(geo_files(config).ranges_dir).problems()
     policy = load_policy(config)  # a bad policy raises PolicyError, reported like a bad config
+    if config.exporter_cert is not None:
+        try:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(str(config.exporter_cert), str(config.exporter_key))
+            if config.exporter_client_ca is not None:
+                context.load_verify_locations(str(config.exporter_client_ca))
+        except (OSError, ssl.SSLError) as exc:
+            problems.append(f"{config.source}: key 'exporter.tls': unusable certificate, key or "
+                            f"client CA ({exc})")
     if config.capture.pcap is not None and not config.capture.pcap.is_file():
         problems.append(f"{config.source}: key 'capture.pcap': no such file {config.capture.pcap}")
     if config.capture.collector is not None and not config.capture.collector.exporters:

@@ -89,6 +89,11 @@ class Config:
     zones: tuple[ZoneConfig, ...] = ()
     policy: Path | None = None
     exporter_listen: str = "127.0.0.1:9742"
+    # TLS for the exporter (exporter.tls): server certificate and key; with client_ca, scrapers must
+    # present a certificate signed by it (mutual TLS).
+    exporter_cert: Path | None = None
+    exporter_key: Path | None = None
+    exporter_client_ca: Path | None = None
     evidence_path: Path | None = None
     evidence_retention_days: int = 365
     evidence_synchronous: str = "full"  # fsync each record: a power cut loses no returned record
@@ -284,7 +289,17 @@ def parse_config(data: Any, source: str) -> Config:
         zones.append(ZoneConfig(name, networks, categories))
 
     exp = r.mapping(top.get("exporter"), "exporter")
-    r.no_extra(exp, "exporter", {"listen"})
+    r.no_extra(exp, "exporter", {"listen", "tls"})
+    tls = r.mapping(exp.get("tls"), "exporter.tls")
+    r.no_extra(tls, "exporter.tls", {"cert", "key", "client_ca"})
+    tls_cert = r.take(tls, "exporter.tls", "cert", _path, None)
+    tls_key = r.take(tls, "exporter.tls", "key", _path, None)
+    tls_client_ca = r.take(tls, "exporter.tls", "client_ca", _path, None)
+    if (tls_cert is None) != (tls_key is None):
+        raise ConfigError(source, "exporter.tls", "both cert and key (a certificate needs its key)")
+    if tls_client_ca is not None and tls_cert is None:
+        raise ConfigError(source, "exporter.tls.client_ca",
+                          "cert and key too (client certificates are checked over TLS)")
     ev = r.mapping(top.get("evidence"), "evidence")
     r.no_extra(ev, "evidence", {"path", "retention_days", "synchronous", "remote_addresses"})
     priv = r.mapping(top.get("privacy"), "privacy")
@@ -309,6 +324,9 @@ def parse_config(data: Any, source: str) -> Config:
         zones=tuple(zones),
         policy=r.take(top, "", "policy", _path, None),
         exporter_listen=r.take(exp, "exporter", "listen", _listen, "127.0.0.1:9742"),
+        exporter_cert=tls_cert,
+        exporter_key=tls_key,
+        exporter_client_ca=tls_client_ca,
         evidence_path=r.take(ev, "evidence", "path", _path, None),
         evidence_retention_days=r.take(ev, "evidence", "retention_days", _positive_int, 365),
         evidence_synchronous=r.take(ev, "evidence", "synchronous", _choice("full", "normal"), "full"),
