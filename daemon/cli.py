@@ -40,6 +40,7 @@ from douane.daemon.policy import Policy, policy_stage
 from douane.daemon.pseudonym import Pseudonymiser
 from douane.daemon.report import add_parser as add_report_parser
 from douane.daemon.summary import Summary
+from douane.daemon.workers import run_workers
 from douane.geo.jurisdiction import load_jurisdictions, make_jurisdiction_stage
 from douane.geo.lookup import ATTRIBUTION, GeoConfig, GeoDatabases
 from douane.geo.services import ServiceCatalogue
@@ -342,10 +343,30 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"douane run: {config.source}: key 'capture.interface': expected the interface(s) "
               "to capture on", file=sys.stderr)
         return EXIT_USAGE
+    worker = args.worker_of is not None
+    if config.capture.workers > 1 and not worker:
+        if daemon_evidence_path := config.evidence_path:
+            # Created (and migrated) once here, so the workers only open it.
+            _, store = evidence_parts(config)
+            if store is not None:
+                try:
+                    store.start()
+                    store.stop()
+                except EvidenceError as exc:
+                    print(f"douane run: {exc}", file=sys.stderr)
+                    return EXIT_USAGE
+            log.debug("evidence_ready", path=str(daemon_evidence_path))
+        return run_workers(args, config, start_exporter)
+    if worker:
+        # One JSON line per write: several workers share the standard output.
+        sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+        config = dataclasses.replace(config, exporter_listen=args.exporter, exporter_cert=None,
+                                     exporter_key=None, exporter_client_ca=None)
     sinks = [_json_sink(sys.stdout)] if args.json else []
     daemon = Replay.build(config, sinks, source="live")
-    live = LiveCapture(LiveConfig(config.capture.interfaces, config.capture.bpf))
-    notifier = Notifier()
+    live = LiveCapture(LiveConfig(config.capture.interfaces, config.capture.bpf,
+                                  fanout_group=args.worker_of))
+    notifier = Notifier() if not worker else Notifier("")  # workers: the parent speaks to systemd
     stop, reload = threading.Event(), threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -592,6 +613,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="capture live on the configured interfaces (the daemon)")
     add_config(p)
     p.add_argument("--json", action="store_true", help="also print one flow record (JSON) per line")
+    # Internal: how the parent of `capture.workers` starts each worker.
+    p.add_argument("--worker-of", type=int, metavar="GROUP", help=argparse.SUPPRESS)
+    p.add_argument("--exporter", metavar="ADDR", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("collect", help="receive NetFlow v5/v9 and IPFIX from the exporters listed in "

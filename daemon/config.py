@@ -45,6 +45,7 @@ class CaptureConfig:
     pcap: Path | None = None
     bpf: str = ""
     collector: CollectorConfig | None = None  # capture.collector: NetFlow/IPFIX in (collector.py)
+    workers: int = 1  # capture processes sharing the interfaces by flow hash (PACKET_FANOUT)
 
 
 @dataclass(frozen=True)
@@ -227,7 +228,7 @@ def parse_config(data: Any, source: str) -> Config:
                          "privacy", "flows", "geo", "identify", "logging"})
 
     cap = r.mapping(top.get("capture"), "capture")
-    r.no_extra(cap, "capture", {"interface", "pcap", "bpf", "collector"})
+    r.no_extra(cap, "capture", {"interface", "pcap", "bpf", "collector", "workers"})
     nets = r.mapping(top.get("networks"), "networks")
     r.no_extra(nets, "networks", {"internal"})
     internal = r.listof(nets, "networks", "internal", _network, DEFAULT_INTERNAL)
@@ -248,6 +249,7 @@ def parse_config(data: Any, source: str) -> Config:
         pcap=r.take(cap, "capture", "pcap", _path, None),
         bpf=r.take(cap, "capture", "bpf", _string, ""),
         collector=collector,
+        workers=r.take(cap, "capture", "workers", _positive_int, 1),
     )
 
     fl = r.mapping(top.get("flows"), "flows")

@@ -30,6 +30,11 @@ PACKET_MR_PROMISC = 1
 PACKET_STATISTICS = 6
 PACKET_RX_RING = 5
 PACKET_VERSION = 10
+PACKET_FANOUT = 18
+# Flow hash (the kernel's is the same for both directions of a flow), defragmenting first so that
+# every fragment of a datagram reaches the worker of its flow.
+PACKET_FANOUT_HASH = 0
+PACKET_FANOUT_FLAG_DEFRAG = 0x8000
 TPACKET_V3 = 2
 TPACKET_STATS = struct.Struct("II")  # tp_packets, tp_drops (linux/if_packet.h)
 # V3's statistics add tp_freeze_q_cnt (blocks the kernel found full).
@@ -69,6 +74,7 @@ class LiveConfig:
     ring_block_size: int = 1 << 20  # bytes per ring block (a power of two, multiple of the page)
     ring_blocks: int = 64  # ring of 64 MiB: about a second of a saturated 500 Mbit/s link
     ring_block_timeout_ms: int = 100  # a partly filled block is handed over after this long
+    fanout_group: int | None = None  # join this PACKET_FANOUT group (one per interface + group id)
 
 
 class LiveCapture:
@@ -105,6 +111,11 @@ class LiveCapture:
                 sock.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP, mreq)
             if self.config.ring:
                 self._rings[sock.fileno()] = self._map_ring(sock)
+            if self.config.fanout_group is not None:
+                # Each interface gets its own group id, shared by the workers capturing on it.
+                group = (self.config.fanout_group + index) & 0xFFFF
+                mode = PACKET_FANOUT_HASH | PACKET_FANOUT_FLAG_DEFRAG
+                sock.setsockopt(SOL_PACKET, PACKET_FANOUT, struct.pack("I", group | (mode << 16)))
             sock.setblocking(False)
         except BaseException:
             sock.close()

@@ -66,7 +66,8 @@ def namespaces() -> Iterator[tuple[str, str]]:
 class Daemon:
     """`douane run` inside namespace A, its stdout (JSON records) and stderr (JSON logs) in files."""
 
-    def __init__(self, ns: str, tmp: Path, config_text: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, ns: str, tmp: Path, config_text: str, env: dict[str, str] | None = None,
+                 ready_event: str = "capture_started") -> None:
         self.ns, self.tmp = ns, tmp
         self.config = tmp / "douane.yaml"
         self.config.write_text(config_text)
@@ -78,7 +79,7 @@ class Daemon:
              "-c", str(self.config), "--json"],
             stdout=self.out, stderr=self.err, env={**os.environ, **(env or {})},
         )
-        self.wait_log("capture_started")
+        self.wait_log(ready_event)
 
     def logs(self) -> list[dict[str, Any]]:
         lines = self.err_path.read_text().splitlines()
@@ -172,6 +173,28 @@ class TestRun:
         live = float(re.search(r'douane_packets_total\{source="live"\} (\S+)', metrics).group(1))  # type: ignore[union-attr]
         assert sent <= live <= sent + 10, metrics
         assert 'douane_packets_dropped_total{reason="kernel"}' in metrics
+
+    def test_two_workers_count_every_flow_once(self, namespaces: tuple[str, str], tmp_path: Path) -> None:
+        """With workers: 2, the kernel shares flows between two processes by flow hash: every flow is
+        declared once, with all its packets, and the one exporter adds up both workers."""
+        a, b = namespaces
+        daemon = Daemon(a, tmp_path, CONFIG.replace("  interface: dva\n", "  interface: dva\n  workers: 2\n"),
+                        ready_event="workers_started")
+        flows = []
+        for i in range(40):
+            hello = client_hello("a.example.org")
+            flows += tcp_session("10.30.0.21", AZURE, 52000 + i, 443, START + i, hello, 2_000, 1_000)
+        send(b, tmp_path, flows)
+        time.sleep(3)
+        metrics = daemon.metrics()
+        records = daemon.stop()
+        mine = [r for r in records if r.get("dst") == AZURE and r.get("dport") == 443]
+        assert sorted(r["sport"] for r in mine) == list(range(52000, 52040))  # each flow once
+        assert sum(r["packets_out"] + r["packets_in"] for r in mine) == len(flows)
+        live = float(re.search(r'douane_packets_total\{source="live"\} (\S+)', metrics).group(1))  # type: ignore[union-attr]
+        assert len(flows) <= live <= len(flows) + 10
+        starts = [e for e in daemon.logs() if e.get("event") == "capture_started"]
+        assert len(starts) == 2  # both workers captured
 
     def test_vlan_tag_kept(self, namespaces: tuple[str, str], tmp_path: Path) -> None:
         """A VLAN-tagged frame keeps its tag in the record, even where the kernel strips it."""
