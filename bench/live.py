@@ -69,10 +69,11 @@ def metric(text: str, name: str) -> float:
     return float(found.group(1)) if found else float("nan")
 
 
-def douane_at(a: str, b: str, pcap: Path, packets: int, rate: int, tmp: Path) -> dict[str, float]:
+def douane_at(a: str, b: str, pcap: Path, packets: int, rate: int, tmp: Path,
+              workers: int = 1) -> dict[str, float]:
     config = tmp / "douane.yaml"
-    config.write_text(f"capture:\n  interface: dva\nexporter:\n  listen: 127.0.0.1:{PORT}\n"
-                      "logging:\n  level: warning\n  format: json\n")
+    config.write_text(f"capture:\n  interface: dva\n  workers: {workers}\n"
+                      f"exporter:\n  listen: 127.0.0.1:{PORT}\nlogging:\n  level: warning\n  format: json\n")
     proc = subprocess.Popen(["ip", "netns", "exec", a, sys.executable, "-m", "douane.daemon.cli", "run",
                              "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -125,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="offered packet rates, comma-separated (default: %(default)s)")
     parser.add_argument("--packets", type=int, default=100_000, help="packets sent at each rate")
     parser.add_argument("--no-scapy", action="store_true", help="skip the scapy sniff() baseline")
+    parser.add_argument("--workers", default="1,2",
+                        help="douane worker counts to measure (default: %(default)s)")
     parser.add_argument("--json-out", type=Path)
     args = parser.parse_args(argv)
     if os.geteuid() != 0 or shutil.which("ip") is None or shutil.which("tcpreplay") is None:
@@ -132,19 +135,23 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     pcap, _info = cached_capture(args.packets)
     rates = [int(r) for r in args.rates.split(",")]
-    results: dict[str, list[dict[str, float]]] = {"douane": [], "scapy": []}
+    counts = [int(w) for w in args.workers.split(",")]
+    results: dict[str, list[dict[str, float]]] = {f"douane x{w}": [] for w in counts}
+    results["scapy"] = []
     with namespaces() as (a, b), tempfile.TemporaryDirectory() as folder:
         tmp = Path(folder)
         for rate in rates:
-            results["douane"].append(douane_at(a, b, pcap, args.packets, rate, tmp))
+            for workers in counts:
+                results[f"douane x{workers}"].append(
+                    douane_at(a, b, pcap, args.packets, rate, tmp, workers))
             if not args.no_scapy:
                 results["scapy"].append(scapy_at(a, b, pcap, args.packets, rate, tmp))
     print(f"live capture on a veth pair, {args.packets:,} packets of the mixed capture per rate\n")
-    print(f"{'capturer':8s} {'offered/s':>10s} {'achieved/s':>11s} {'seen':>9s} {'lost':>8s}")
+    print(f"{'capturer':10s} {'offered/s':>10s} {'achieved/s':>11s} {'seen':>9s} {'lost':>8s}")
     for name, rows in results.items():
         for row in rows:
             lost = row["kernel_drops"]
-            print(f"{name:8s} {row['offered_pps']:>10,.0f} {row['achieved_pps']:>11,.0f} "
+            print(f"{name:10s} {row['offered_pps']:>10,.0f} {row['achieved_pps']:>11,.0f} "
                   f"{row['seen']:>9,.0f} {lost:>8,.0f}")
     for name, rows in results.items():
         clean = [r["achieved_pps"] for r in rows if r["kernel_drops"] == 0]
