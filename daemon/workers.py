@@ -38,20 +38,27 @@ SUMMED_GAUGES = frozenset({"douane_flows_active", "douane_dns_cache_entries"})
 class MergedCollector(Collector):
     """The workers' metrics as one exposition: counters added up, gauges added or taken once."""
 
-    def __init__(self, urls: list[str]) -> None:
+    def __init__(self, urls: list[str], timeout: float = 2.0) -> None:
         self.urls = urls
+        self.timeout = timeout
         self.failures = 0
+        # Each worker's last answer: a worker too busy to answer one scrape is counted from its
+        # previous figures, so the sums never go backwards (Prometheus would read a counter reset).
+        self._last: dict[str, str] = {}
 
     def collect(self) -> Iterator[Metric]:
         merged: dict[str, Metric] = {}
         values: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
         for url in self.urls:
             try:
-                with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 — loopback URLs we built
+                with urllib.request.urlopen(url, timeout=self.timeout) as response:  # noqa: S310 — loopback URLs we built
                     text = response.read().decode()
+                self._last[url] = text
             except OSError:
                 self.failures += 1
-                continue
+                if url not in self._last:
+                    continue
+                text = self._last[url]
             for family in text_string_to_metric_families(text):
                 if family.name.startswith(("process_", "python_")):
                     continue  # per process: the workers' own would mean nothing added up
