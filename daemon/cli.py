@@ -345,17 +345,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     worker = args.worker_of is not None
     if config.capture.workers > 1 and not worker:
-        if daemon_evidence_path := config.evidence_path:
+        _, store = evidence_parts(config)
+        if store is not None:
             # Created (and migrated) once here, so the workers only open it.
-            _, store = evidence_parts(config)
-            if store is not None:
-                try:
-                    store.start()
-                    store.stop()
-                except EvidenceError as exc:
-                    print(f"douane run: {exc}", file=sys.stderr)
-                    return EXIT_USAGE
-            log.debug("evidence_ready", path=str(daemon_evidence_path))
+            try:
+                store.start()
+                store.stop()
+            except EvidenceError as exc:
+                print(f"douane run: {exc}", file=sys.stderr)
+                return EXIT_USAGE
         return run_workers(args, config, start_exporter)
     if worker:
         # One JSON line per write: several workers share the standard output.
@@ -388,16 +386,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         live.stop()
         return EXIT_USAGE
     table, metrics = daemon.table, daemon.metrics
-    watchdog = {"last": 0.0}
 
     def on_idle(now: float) -> None:
         table.tick(now)
         table.stats.dropped["kernel"] = live.drops()
-        # The watchdog runs on the monotonic clock: an NTP step back must not silence it.
-        beat = time.monotonic()
-        if notifier.watchdog_seconds and beat - watchdog["last"] >= notifier.watchdog_seconds:
-            notifier.send("WATCHDOG=1")
-            watchdog["last"] = beat
+        notifier.beat()
         if reload.is_set():
             reload.clear()
             reload_config()
@@ -474,15 +467,16 @@ def cmd_collect(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     daemon.geo.start()
     tune_gc()
-    server, thread = start_exporter(config, daemon.registry)
-    watchdog = {"last": 0.0}
+    try:
+        server, thread = start_exporter(config, daemon.registry)
+    except (OSError, ssl.SSLError) as exc:
+        print(f"douane collect: exporter on {config.exporter_listen}: {exc}", file=sys.stderr)
+        collector.stop()
+        return EXIT_USAGE
 
     def on_idle(now: float) -> None:
         daemon.table.tick(now)  # the metrics' clock (top destinations) follows the wall clock
-        beat = time.monotonic()
-        if notifier.watchdog_seconds and beat - watchdog["last"] >= notifier.watchdog_seconds:
-            notifier.send("WATCHDOG=1")
-            watchdog["last"] = beat
+        notifier.beat()
 
     bound = "{}:{}".format(*collector.address)
     notifier.send("READY=1", f"STATUS=collecting on {bound}")

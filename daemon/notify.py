@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 
 
 class Notifier:
@@ -15,6 +16,15 @@ class Notifier:
         usec = os.environ.get("WATCHDOG_USEC", "")
         # Ping at half the watchdog period, as sd_watchdog_enabled(3) advises.
         self.watchdog_seconds = int(usec) / 2e6 if usec.isdigit() and int(usec) > 0 else None
+        self._last_beat = 0.0
+
+    def beat(self) -> None:
+        """WATCHDOG=1 when half the watchdog period has passed since the last one. The monotonic
+        clock: an NTP step back must not silence the watchdog (systemd would kill the daemon)."""
+        now = time.monotonic()
+        if self.watchdog_seconds and now - self._last_beat >= self.watchdog_seconds:
+            self.send("WATCHDOG=1")
+            self._last_beat = now
 
     def send(self, *fields: str) -> bool:
         if not self.address:

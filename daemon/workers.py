@@ -116,15 +116,12 @@ def run_workers(args: Any, config: Any, start_exporter: Any) -> int:
         _wait_ready(ports, children)
         notifier.send("READY=1", f"STATUS=capturing with {count} workers")
         log.info("workers_started", workers=count, pids=[c.pid for c in children])
-        beat = 0.0
         while not stop.wait(0.5):
             if reload.is_set():
                 reload.clear()
                 for child in children:
                     child.send_signal(signal.SIGHUP)
-            if notifier.watchdog_seconds and time.monotonic() - beat >= notifier.watchdog_seconds:
-                notifier.send("WATCHDOG=1")
-                beat = time.monotonic()
+            notifier.beat()
             dead = [c for c in children if c.poll() is not None]
             if dead:
                 log.error("worker_exited", pid=dead[0].pid, status=dead[0].returncode)
