@@ -18,7 +18,10 @@ escapes.
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
+from typing import NamedTuple
 
 from douane.daemon.dissect import MalformedPacket
 from douane.daemon.hostname import clean_hostname
@@ -54,9 +57,12 @@ CLASS_IN = 1
 CLASS_ANY = 255
 
 
-@dataclass(frozen=True, slots=True)
-class DnsAnswer:
-    """One answer record: A/AAAA data is the raw 4 or 16 address bytes, CNAME data the target name."""
+class DnsAnswer(NamedTuple):
+    """One answer record: A/AAAA data is the raw 4 or 16 address bytes, CNAME data the target name.
+
+    A named tuple, not a dataclass: the parser makes one per record on the packet path, and a
+    tuple is built several times faster than a frozen dataclass.
+    """
 
     name: str
     rtype: int
@@ -110,11 +116,11 @@ def _walk(data: bytes, pos: int, end: int) -> tuple[str | None, int]:
         MalformedPacket: the name runs past the message, is longer than 255 octets, uses a
             reserved label type, or its pointers loop or chain too long.
     """
-    labels: list[bytes] = []
+    segments: list[bytes] = []  # the runs of labels, one per pointer taken
+    run = pos  # where the current run of labels starts
     wire = 1  # the root label's length octet
     hops = 0
     after = -1  # where the name ends in the record, once the first pointer is taken
-    valid = True
     while True:
         if pos >= end:
             raise MalformedPacket("truncated", "dns name")
@@ -129,10 +135,6 @@ def _walk(data: bytes, pos: int, end: int) -> tuple[str | None, int]:
             wire += length + 1
             if wire > MAX_NAME_WIRE:
                 raise MalformedPacket("malformed", "dns name longer than 255 octets")
-            label = data[pos + 1 : stop]
-            if b"." in label:
-                valid = False  # would read as two labels once joined: not a host name
-            labels.append(label)
             pos = stop
         elif length >= 0xC0:
             # RFC 1035 4.1.4: a pointer is two octets, 11 then a 14-bit offset into the message.
@@ -143,15 +145,41 @@ def _walk(data: bytes, pos: int, end: int) -> tuple[str | None, int]:
                 raise MalformedPacket("malformed", "dns compression pointer chain")
             if after < 0:
                 after = pos + 2
+            segments.append(data[run:pos])
             pos = ((length & 0x3F) << 8) | data[pos + 1]
             if pos < HEADER_SIZE:
                 raise MalformedPacket("malformed", "dns compression pointer into the header")
+            run = pos
         else:
             # 01 and 10: extended label types (RFC 6891 section 5), never deployed.
             raise MalformedPacket("malformed", "dns label type")
-    if not valid or not labels:
-        return None, (after if after >= 0 else pos)
-    return clean_hostname(b".".join(labels)), (after if after >= 0 else pos)
+    if segments:
+        segments.append(data[run : pos - 1])
+        wire_name = b"".join(segments)
+    else:
+        wire_name = data[run : pos - 1]
+    return _wire_name(wire_name), (after if after >= 0 else pos)
+
+
+@lru_cache(maxsize=8192)
+def _wire_name(labels: bytes) -> str | None:
+    """The cleaned name of a run of length-prefixed labels (checked already), or None.
+
+    Keyed by the wire bytes, so that the few names a gateway resolves over and over are
+    decoded and cleaned once; bounded, so that random names cost time but no memory.
+    """
+    parts = []
+    pos = 0
+    while pos < len(labels):
+        stop = pos + 1 + labels[pos]
+        label = labels[pos + 1 : stop]
+        if b"." in label:
+            return None  # would read as two labels once joined: not a host name
+        parts.append(label)
+        pos = stop
+    if not parts:
+        return None
+    return clean_hostname(b".".join(parts))
 
 
 def parse_dns(payload: bytes, partial: bool = False) -> DnsMessage:
@@ -170,6 +198,41 @@ def parse_dns(payload: bytes, partial: bool = False) -> DnsMessage:
         MalformedPacket: the message is cut short ("truncated") or impossible ("malformed").
             Nothing else escapes.
     """
+    ident, flags, questions, answers = _read(payload, partial)
+    return DnsMessage(
+        id=ident,
+        response=bool(flags & QR),
+        rcode=flags & RCODE_MASK,
+        questions=tuple(questions),
+        answers=tuple(map(DnsAnswer._make, answers)),
+    )
+
+
+def read_answers(payload: bytes) -> tuple[int, bool, str | None, list[tuple[bytes, str, int]]]:
+    """What identification wants of one message, without building a `DnsMessage`.
+
+    The same as `parse_dns(payload, partial=True)` followed by `address_names`, for the packet
+    path, where every DNS answer passes: every name the message carries is still read and
+    checked, only the objects are not made.
+
+    Returns:
+        (id, is a response, the first valid question name or None, the `address_names` list).
+
+    Raises:
+        MalformedPacket: as `parse_dns` with `partial=True`.
+    """
+    ident, flags, questions, answers = _read(payload, True)
+    first = questions[0][0] if questions else None
+    if not flags & QR or flags & RCODE_MASK or not answers:
+        return ident, bool(flags & QR), first, []
+    return ident, True, first, _addresses(questions, answers)
+
+
+_Record = tuple[str, int, int, bytes | str]  # DnsAnswer's fields, before it is made
+
+
+def _read(payload: bytes, partial: bool) -> tuple[int, int, list[tuple[str, int]], list[_Record]]:
+    """The header's id and flags, the valid questions and the A/AAAA/CNAME answers (as tuples)."""
     end = len(payload)
     if end < HEADER_SIZE:
         raise MalformedPacket("truncated", "dns header")
@@ -181,24 +244,18 @@ def parse_dns(payload: bytes, partial: bool = False) -> DnsMessage:
     if not partial and qdcount * MIN_QUESTION + ancount * MIN_RR > end - HEADER_SIZE:
         raise MalformedPacket("malformed", "dns counts exceed the message")
     questions: list[tuple[str, int]] = []
-    answers: list[DnsAnswer] = []
+    answers: list[_Record] = []
     try:
         _sections(payload, end, qdcount, ancount, questions, answers)
     except MalformedPacket as error:
         if not partial or error.reason != "truncated":
             raise
-    return DnsMessage(
-        id=ident,
-        response=bool(flags & QR),
-        rcode=flags & RCODE_MASK,
-        questions=tuple(questions),
-        answers=tuple(answers),
-    )
+    return ident, flags, questions, answers
 
 
 def _sections(
     payload: bytes, end: int, qdcount: int, ancount: int,
-    questions: list[tuple[str, int]], answers: list[DnsAnswer],
+    questions: list[tuple[str, int]], answers: list[_Record],
 ) -> None:
     """Append the questions and the A/AAAA/CNAME answers to the lists, in wire order.
 
@@ -216,7 +273,17 @@ def _sections(
         if qname is not None:
             questions.append((qname, qtype))
     for _ in range(ancount):
-        owner, pos = _name(payload, pos, end, memo)
+        # Most owners are a pointer to a name read already (the question, a CNAME target):
+        # looked up here rather than through `_name`, one call less per record.
+        if pos + 1 < end and payload[pos] >= 0xC0:
+            target = ((payload[pos] & 0x3F) << 8) | payload[pos + 1]
+            if target in memo:
+                owner = memo[target]
+                pos += 2
+            else:
+                owner, pos = _name(payload, pos, end, memo)
+        else:
+            owner, pos = _name(payload, pos, end, memo)
         if pos + RR_FIXED_SIZE > end:
             raise MalformedPacket("truncated", "dns record header")
         rtype, _rclass, ttl, rdlength = RR_FIXED.unpack_from(payload, pos)
@@ -230,17 +297,17 @@ def _sections(
             if rtype == TYPE_A:
                 if rdlength != 4:
                     raise MalformedPacket("malformed", "dns A record length")
-                answers.append(DnsAnswer(owner, rtype, ttl, payload[pos:rdata_end]))
+                answers.append((owner, rtype, ttl, payload[pos:rdata_end]))
             elif rtype == TYPE_AAAA:
                 if rdlength != 16:
                     raise MalformedPacket("malformed", "dns AAAA record length")
-                answers.append(DnsAnswer(owner, rtype, ttl, payload[pos:rdata_end]))
+                answers.append((owner, rtype, ttl, payload[pos:rdata_end]))
             elif rtype == TYPE_CNAME:
-                target, stop = _name(payload, pos, end, memo)
+                target_name, stop = _name(payload, pos, end, memo)
                 if stop != rdata_end:
                     raise MalformedPacket("malformed", "dns CNAME record length")
-                if target is not None:
-                    answers.append(DnsAnswer(owner, rtype, ttl, target))
+                if target_name is not None:
+                    answers.append((owner, rtype, ttl, target_name))
         pos = rdata_end
 
 
@@ -282,26 +349,33 @@ def address_names(msg: DnsMessage) -> list[tuple[bytes, str, int]]:
     """
     if not msg.response or msg.rcode != 0 or not msg.answers:
         return []
+    return _addresses(msg.questions, msg.answers)
+
+
+def _addresses(
+    questions: Iterable[tuple[str, int]], answers: Sequence[_Record]
+) -> list[tuple[bytes, str, int]]:
+    """`address_names` on the questions and the answers as (name, rtype, ttl, data) tuples."""
     cnames: dict[str, tuple[str, int]] = {}
-    for answer in msg.answers:
-        if isinstance(answer.data, str) and answer.name not in cnames:  # CNAME: data is the target
-            cnames[answer.name] = (answer.data, answer.ttl)
+    for owner, _rtype, ttl, data in answers:
+        if isinstance(data, str) and owner not in cnames:  # a CNAME: its data is the target
+            cnames[owner] = (data, ttl)
     result: list[tuple[bytes, str, int]] = []
-    for qname, _qtype in msg.questions:
+    for qname, _qtype in questions:
         # chain: owner name -> the smallest TTL of the CNAME links that lead to it
         chain = {qname: 0xFFFFFFFF}
-        current, ttl = qname, 0xFFFFFFFF
-        for _ in range(MAX_CNAME_HOPS):
+        current, reach = qname, 0xFFFFFFFF
+        for _ in range(MAX_CNAME_HOPS if cnames else 0):
             link = cnames.get(current)
             if link is None or link[0] in chain:
                 break
-            current, ttl = link[0], min(ttl, link[1])
-            chain[current] = ttl
-        for answer in msg.answers:
-            if isinstance(answer.data, bytes):  # A or AAAA
-                reach = chain.get(answer.name)
-                if reach is not None:
-                    result.append((answer.data, qname, min(reach, answer.ttl)))
+            current, reach = link[0], min(reach, link[1])
+            chain[current] = reach
+        for owner, _rtype, ttl, data in answers:
+            if isinstance(data, bytes):  # A or AAAA
+                at = chain.get(owner)
+                if at is not None:
+                    result.append((data, qname, ttl if ttl < at else at))
     return result
 
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from douane.daemon.config import IdentifyConfig
 from douane.daemon.content import Content
 from douane.daemon.dissect import PROTO_TCP, PROTO_UDP, MalformedPacket
-from douane.daemon.dns import DnsMessage, address_names, looks_like_dns, parse_dns, parse_dns_tcp
+from douane.daemon.dns import address_names, looks_like_dns, parse_dns_tcp, read_answers
 from douane.daemon.dnscache import DnsCache
 from douane.daemon.http import http_host, looks_like_http
 from douane.daemon.quic import CryptoStream, parse_initials
@@ -107,13 +107,16 @@ class FlowState:
         "out_isn",
         "out_packets",
         "out_stream",
+        "plain",
         "queries",
         "query",
         "quic_datagrams",
         "quic_dcid",
+        "resolver",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, resolver: bool) -> None:
+        self.resolver = resolver  # a DNS port on either side: every answer feeds the cache
         self.out_packets = self.in_packets = 0
         self.out_stream: Stream | None = None
         self.out_isn: int | None = None  # where the opener's stream starts, from its SYN
@@ -126,6 +129,9 @@ class FlowState:
         self.queries: set[int] | None = None  # ids of DNS queries seen on a non-DNS port
         self.query: bytes | None = None  # a resolver flow's first query, parsed only if unanswered
         self.content: Content | None = None  # plaintext first bytes, for health/school evidence
+        # The payload may be plaintext worth keeping for `content` (made at the first payload that
+        # is, so that TLS and QUIC flows never pay for it); False once known to be encrypted.
+        self.plain = not resolver
 
 
 class Identify:
@@ -140,18 +146,18 @@ class Identify:
 
     def on_new_flow(self, flow: Flow, buf: bytes, l4: int, flags: int, outward: bool, ts: float) -> None:
         """A flow starts: the name its client was given for the address, and inspection state."""
-        if flow.proto not in (PROTO_TCP, PROTO_UDP):
+        proto = flow.proto
+        if proto not in (PROTO_TCP, PROTO_UDP):
             return
-        # A flow to a resolver is named by the question it carries, not by the resolver's own name.
-        if flow.sport not in DNS_PORTS and flow.dport not in DNS_PORTS:
+        resolver = flow.sport in DNS_PORTS or flow.dport in DNS_PORTS
+        if not resolver:
+            # A flow to a resolver is named by the question it carries, not by the resolver's name.
             name = self.dns_cache.lookup(flow.src, flow.dst, ts)
             if name is not None:
                 flow.hostname = name
                 flow.hostname_source = "dns"
-        state = FlowState()
-        if flow.sport not in DNS_PORTS and flow.dport not in DNS_PORTS:
-            state.content = Content(self.config.detect_bytes, self.config.payload_packets)
-        if flow.proto == PROTO_TCP and flags & TCP_SYN and outward and l4 + 8 <= len(buf):
+        state = FlowState(resolver)
+        if proto == PROTO_TCP and flags & TCP_SYN and outward and l4 + 8 <= len(buf):
             # The opener's SYN: its sequence number + 1 is where its stream starts.
             state.out_isn = (SEQ.unpack_from(buf, l4 + 4)[0] + 1) & 0xFFFFFFFF
         flow.inspect = state
@@ -166,17 +172,27 @@ class Identify:
         payload = buf[pay:end]
         try:
             if flow.proto == PROTO_UDP:
-                if state.content is not None:
-                    state.content.feed(outward, None, payload)
+                if state.plain:
+                    self._keep(state, outward, None, payload)
                 self._udp(flow, state, outward, payload, ts)
             else:
                 seq = SEQ.unpack_from(buf, l4 + 4)[0]
-                if state.content is not None:
-                    state.content.feed(outward, seq, payload)
+                if state.plain:
+                    self._keep(state, outward, seq, payload)
                 self._tcp(flow, state, outward, seq, payload, ts)
         except MalformedPacket:
             self.malformed += 1
             self._give_up(flow, state, outward)
+
+    def _keep(self, state: FlowState, outward: bool, seq: int | None, payload: bytes) -> None:
+        """Keeps the payload for content detection, unless it opens a TLS stream."""
+        content = state.content
+        if content is None:
+            if outward and seq is not None and looks_like_tls(payload):
+                state.plain = False  # `_client_stream` reads the ClientHello; nothing to keep
+                return
+            content = state.content = Content(self.config.detect_bytes, self.config.payload_packets)
+        content.feed(outward, seq, payload)
 
     def on_report(self, flow: Flow, final: bool) -> None:
         """A flow is about to be declared (it ended, or a long flow's periodic report).
@@ -194,19 +210,19 @@ class Identify:
         if state.query is None or flow.hostname is not None:
             return
         try:
-            message = parse_dns(state.query, partial=True)
+            first = read_answers(state.query)[2]
         except MalformedPacket:
             self.malformed += 1
             return
-        if message.questions:
+        if first is not None:
             # The flow to the resolver is named by what it asked first, as nDPI does.
-            flow.hostname = message.questions[0][0]
+            flow.hostname = first
             flow.hostname_source = "dns_query"
 
     # -- UDP: DNS answers, QUIC Initials ----------------------------------------------------------
 
     def _udp(self, flow: Flow, state: FlowState, outward: bool, payload: bytes, ts: float) -> None:
-        if flow.sport in DNS_PORTS or flow.dport in DNS_PORTS:
+        if state.resolver:
             self._dns_message(flow, state, outward, payload, ts)
             return
         if outward:
@@ -215,15 +231,15 @@ class Identify:
                 self._quic(flow, state, payload)
             if state.queries is None and looks_like_dns(payload):
                 # DNS on an unusual port: remember the query, believe only the matching answer.
-                message = parse_dns(payload, partial=True)  # a first fragment ends mid-answers
-                if not message.response:
-                    state.queries = {message.id}
+                ident, response, _first, _addresses = read_answers(payload)
+                if not response:
+                    state.queries = {ident}
         else:
             state.in_packets += 1
             if state.queries and looks_like_dns(payload):
-                message = parse_dns(payload, partial=True)  # a first fragment ends mid-answers
-                if message.response and message.id in state.queries:
-                    self._learn(flow, message, ts)
+                ident, response, first, addresses = read_answers(payload)
+                if response and ident in state.queries:
+                    self._learn(flow, first, addresses, ts)
         self._maybe_stop(flow, state)
 
     def _dns_message(self, flow: Flow, state: FlowState, outward: bool, payload: bytes, ts: float) -> None:
@@ -237,20 +253,24 @@ class Identify:
             if state.query is None and flow.hostname is None:
                 state.query = payload[:512]
             return
-        message = parse_dns(payload, partial=True)  # a first fragment ends mid-answers
-        if message.response:
-            self._learn(flow, message, ts)
-        elif flow.hostname is None and message.questions:
+        # partial: the first fragment of a fragmented response ends mid-answers.
+        _ident, response, first, addresses = read_answers(payload)
+        if response:
+            self._learn(flow, first, addresses, ts)
+        elif flow.hostname is None and first is not None:
             # A query from the "server" side: the opener was guessed wrong; name it all the same.
-            flow.hostname = message.questions[0][0]
+            flow.hostname = first
             flow.hostname_source = "dns_query"
 
-    def _learn(self, flow: Flow, message: DnsMessage, ts: float) -> None:
+    def _learn(
+        self, flow: Flow, question: str | None, addresses: list[tuple[bytes, str, int]], ts: float
+    ) -> None:
         client = flow.src  # the opener asked: the answer is for it
-        for address, name, ttl in address_names(message):
-            self.dns_cache.add(client, address, name, ttl, ts)
-        if flow.hostname is None and message.questions:
-            flow.hostname = message.questions[0][0]
+        add = self.dns_cache.add
+        for address, name, ttl in addresses:
+            add(client, address, name, ttl, ts)
+        if flow.hostname is None and question is not None:
+            flow.hostname = question
             flow.hostname_source = "dns_query"
 
     def _quic(self, flow: Flow, state: FlowState, payload: bytes) -> None:
@@ -266,6 +286,7 @@ class Identify:
                 state.out_done = True
             return
         state.content = None  # QUIC: encrypted beyond its Initials
+        state.plain = False
         for initial in initials:
             if state.quic_dcid is None:
                 state.quic_dcid = initial.dcid
@@ -273,7 +294,7 @@ class Identify:
                 state.crypto = CryptoStream()
             for offset, data in initial.crypto:
                 state.crypto.add(offset, data)
-        hello = parse_client_hello(state.crypto.contiguous()) if state.crypto else None
+        hello = parse_client_hello(state.crypto.contiguous(), names_only=True) if state.crypto else None
         if hello is not None:
             self._named(flow, hello.sni, "quic_sni", hello.ech)
             state.out_done = True
@@ -281,7 +302,7 @@ class Identify:
     # -- TCP: TLS ClientHello, HTTP Host, DNS over TCP -------------------------------------------
 
     def _tcp(self, flow: Flow, state: FlowState, outward: bool, seq: int, payload: bytes, ts: float) -> None:
-        dns = flow.sport in DNS_PORTS or flow.dport in DNS_PORTS
+        dns = state.resolver
         if outward:
             state.out_packets += 1
             if state.out_done:
@@ -312,7 +333,8 @@ class Identify:
     def _client_stream(self, flow: Flow, state: FlowState, data: bytes) -> None:
         if looks_like_tls(data):
             state.content = None  # encrypted from here on: nothing to read in the payload
-            hello = parse_tls_stream(data)
+            state.plain = False
+            hello = parse_tls_stream(data, names_only=True)
             if hello is not None:
                 self._named(flow, hello.sni, "tls_sni", hello.ech)
                 state.out_done = True
@@ -335,7 +357,8 @@ class Identify:
             state.dns_messages += 1
             offset += used
             if message.response:
-                self._learn(flow, message, ts)
+                first = message.questions[0][0] if message.questions else None
+                self._learn(flow, first, address_names(message), ts)
         if offset:
             del stream.data[:offset]
             stream.base = ((stream.base or 0) + offset) & 0xFFFFFFFF
@@ -356,8 +379,7 @@ class Identify:
             out_over
             and (state.in_packets >= limit or state.in_stream is None)
             and (state.content is None or state.content.complete)
-            and flow.sport not in DNS_PORTS
-            and flow.dport not in DNS_PORTS
+            and not state.resolver
             and not state.queries
         ):
             # The inspection state goes now: what its bytes prove must stay with the flow.

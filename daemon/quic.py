@@ -26,7 +26,7 @@ from functools import lru_cache
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 
@@ -85,6 +85,7 @@ MAX_CID = 20  # RFC 9000 17.2: connection IDs of versions 1 and 2 are at most 20
 MAX_PACKETS = 16  # coalesced packets walked in one datagram (a 1500-byte one holds a few)
 TAG = 16  # AEAD_AES_128_GCM tag length (RFC 5116 5.1)
 SAMPLE = 16  # RFC 9001 5.4.2: header protection samples 16 bytes
+SHA256_SIZE = 32
 
 # Other frame types allowed in Initial packets (RFC 9000 12.4, table 3).
 FRAME_PADDING = 0x00
@@ -123,6 +124,11 @@ def hkdf_expand_label(secret: bytes, label: bytes, length: int) -> bytes:
     """RFC 8446 7.1 HKDF-Expand-Label with an empty context, over SHA-256."""
     full = b"tls13 " + label
     info = length.to_bytes(2, "big") + bytes([len(full)]) + full + b"\x00"
+    if length <= SHA256_SIZE:
+        # RFC 5869 2.3: up to one hash length, HKDF-Expand is the single block
+        # T(1) = HMAC(PRK, info | 0x01). Every QUIC Initial key is that short, and one HMAC call
+        # costs a fraction of building an HKDFExpand object (a new connection derives four).
+        return hmac.digest(secret, info + b"\x01", "sha256")[:length]
     return HKDFExpand(algorithm=hashes.SHA256(), length=length, info=info).derive(secret)
 
 
@@ -147,14 +153,16 @@ def client_keys(version: int, dcid: bytes) -> tuple[bytes, bytes, bytes]:
 
 
 @lru_cache(maxsize=1024)
-def _ciphers(version: int, dcid: bytes) -> tuple[AESGCM, bytes, Cipher[modes.ECB]]:
+def _ciphers(version: int, dcid: bytes) -> tuple[AESGCM, bytes, CipherContext]:
     """Keyed ciphers per (version, DCID): a client's Initials reuse them, so derive them once.
 
     Bounded, so random DCIDs cost a derivation each but no memory.
     """
     key, iv, hp = client_keys(version, dcid)
-    # RFC 9001 5.4.3: header protection is AES in ECB mode on a single 16-byte sample.
-    return AESGCM(key), iv, Cipher(algorithms.AES(hp), modes.ECB())  # noqa: S305
+    # RFC 9001 5.4.3: header protection is AES in ECB mode on a single 16-byte sample. ECB keeps
+    # no state between blocks, so one encryptor serves every sample (making one costs more than
+    # the encryption itself).
+    return AESGCM(key), iv, Cipher(algorithms.AES(hp), modes.ECB()).encryptor()  # noqa: S305
 
 
 def parse_initials(datagram: bytes, original_dcid: bytes | None = None) -> list[QuicInitial]:
@@ -183,23 +191,29 @@ def parse_initials(datagram: bytes, original_dcid: bytes | None = None) -> list[
         if n - pos < 7 or not datagram[pos] & 0x80:
             break  # end, PADDING after the last packet, or a short header packet (RFC 9000 12.2)
         start = pos
-        r = Reader(datagram, pos)
-        first = r.u8()
-        version = r.u32()
+        first = datagram[pos]
+        version = int.from_bytes(datagram[pos + 1 : pos + 5], "big")
         v = VERSIONS.get(version)
         if v is None:
             break  # version negotiation (0), gQUIC, GREASE or an unknown version: not ours
         if not first & 0x40:
             # RFC 9000 17.2: the fixed bit is 1 (a client cannot have negotiated RFC 9287 yet).
             raise malformed("quic fixed bit")
-        dcid_len = r.u8()
+        dcid_len = datagram[pos + 5]
         if dcid_len > MAX_CID:
             raise malformed("quic dcid length")
-        dcid = r.take(dcid_len)
-        scid_len = r.u8()
+        pos += 6
+        dcid = datagram[pos : pos + dcid_len]
+        pos += dcid_len
+        if pos >= n:
+            raise malformed("length past end")
+        scid_len = datagram[pos]
         if scid_len > MAX_CID:
             raise malformed("quic scid length")
-        scid = r.take(scid_len)
+        scid = datagram[pos + 1 : pos + 1 + scid_len]
+        pos += 1 + scid_len
+        if pos > n:
+            raise malformed("length past end")
         ptype = (first >> 4) & 0x03
         if v.v2_types:
             # RFC 9369 3.2: v2 long packet types are Initial 0b01, 0-RTT 0b10, Handshake 0b11,
@@ -208,9 +222,9 @@ def parse_initials(datagram: bytes, original_dcid: bytes | None = None) -> list[
         if ptype == 3:
             break  # Retry (a server's) has no length field and ends the datagram
         if ptype == 0:
-            r.skip(r.varint())  # Token (RFC 9000 17.2.2)
-        length = r.varint()  # packet number and payload (RFC 9000 17.2)
-        pn_offset = r.pos
+            token, pos = _varint(datagram, pos, n)  # Token (RFC 9000 17.2.2)
+            pos += token
+        length, pn_offset = _varint(datagram, pos, n)  # packet number and payload (RFC 9000 17.2)
         end = pn_offset + length
         if end > n:
             raise malformed("quic packet length")
@@ -223,6 +237,20 @@ def parse_initials(datagram: bytes, original_dcid: bytes | None = None) -> list[
     return out
 
 
+def _varint(data: bytes, pos: int, end: int) -> tuple[int, int]:
+    """A QUIC variable-length integer (RFC 9000 16) at `pos`: (value, the offset after it)."""
+    if pos >= end:
+        raise malformed("varint past end")
+    first = data[pos]
+    size = 1 << (first >> 6)
+    if pos + size > end:
+        raise malformed("varint past end")
+    value = first & 0x3F
+    for i in range(pos + 1, pos + size):
+        value = (value << 8) | data[i]
+    return value, pos + size
+
+
 def _decrypt(datagram: bytes, start: int, pn_offset: int, end: int, first: int, version: int,
              key_dcid: bytes, crypto_frame: int) -> tuple[tuple[int, bytes], ...]:
     """Remove header protection, decrypt, and read the frames of one Initial at datagram[start:end]."""
@@ -232,8 +260,7 @@ def _decrypt(datagram: bytes, start: int, pn_offset: int, end: int, first: int, 
         raise malformed("quic packet too short to sample")
     aead, iv, hp = _ciphers(version, key_dcid)
     sample_at = pn_offset + 4
-    encryptor = hp.encryptor()
-    mask = encryptor.update(datagram[sample_at : sample_at + SAMPLE])
+    mask = hp.update(datagram[sample_at : sample_at + SAMPLE])
     first ^= mask[0] & 0x0F  # RFC 9001 5.4.1: long header, 4 low bits protected
     pn_len = (first & 0x03) + 1
     pn_bytes = bytes(b ^ m for b, m in zip(datagram[pn_offset : pn_offset + pn_len], mask[1:], strict=False))
@@ -256,11 +283,15 @@ def _crypto_frames(payload: bytes, crypto_frame: int) -> tuple[tuple[int, bytes]
     r = Reader(payload)
     frames = []
     n = len(payload)
+    # A client pads its Initial to 1200 bytes with PADDING frames after the last real frame:
+    # from `padded` on, the payload is zeros only, found in one C call from the end.
+    padded = len(payload.rstrip(b"\x00"))
     while r.pos < n:
         ftype = r.varint()
         if ftype == FRAME_PADDING:
-            # Runs of PADDING are common (a client pads to 1200 bytes): skip them in one C call.
-            nonzero = _NONZERO.search(payload, r.pos)
+            if r.pos >= padded:
+                break
+            nonzero = _NONZERO.search(payload, r.pos)  # PADDING between frames, rarer
             r.pos = n if nonzero is None else nonzero.start()
         elif ftype == crypto_frame:
             offset = r.varint()

@@ -28,8 +28,12 @@ EXT_SERVER_NAME = 0  # RFC 6066 3
 EXT_ALPN = 16  # RFC 7301 3.1
 EXT_SUPPORTED_VERSIONS = 43  # RFC 8446 4.2.1
 EXT_ECH = 0xFE0D  # draft-ietf-tls-esni (encrypted_client_hello), since draft 13
+PRINTABLE = bytes(range(0x21, 0x7F))  # visible ASCII, what an ALPN name may hold to be kept
 NAME_TYPE_HOST = 0  # RFC 6066 3: NameType host_name(0)
 EXT_HEADER = struct.Struct("!HH")  # extension_type, extension_data length (RFC 8446 4.2)
+# The extensions each kind of parse reads (and refuses twice, RFC 8446 4.2); the others are skipped.
+ALL_READ = frozenset({EXT_SERVER_NAME, EXT_ALPN, EXT_SUPPORTED_VERSIONS, EXT_ECH})
+NAMES_READ = frozenset({EXT_SERVER_NAME, EXT_ECH})
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +47,8 @@ class ClientHello:
         alpn: the offered application protocols, in order, printable ASCII ones only.
         version: the highest version offered: the largest non-GREASE supported_versions entry,
             else legacy_version (0x0303 is TLS 1.2, 0x0304 TLS 1.3).
+
+    Parsed with `names_only`, `alpn` is () and `version` 0: not read.
     """
 
     sni: str | None
@@ -72,12 +78,14 @@ def looks_like_tls(first: bytes) -> bool:
     return not (n > 5 and first[5] != HANDSHAKE_CLIENT_HELLO)
 
 
-def parse_client_hello(handshake: bytes) -> ClientHello | None:
+def parse_client_hello(handshake: bytes, names_only: bool = False) -> ClientHello | None:
     """Parse a ClientHello from handshake-layer bytes (what QUIC CRYPTO frames carry).
 
     Args:
         handshake: bytes starting at the Handshake header (type 1, 24-bit length); bytes after
             the message are ignored.
+        names_only: read server_name and encrypted_client_hello only, what identification
+            needs (ALPN and supported_versions are neither read nor checked).
 
     Returns:
         The ClientHello, or None when `handshake` holds only part of the message.
@@ -86,55 +94,68 @@ def parse_client_hello(handshake: bytes) -> ClientHello | None:
         MalformedPacket: not a ClientHello, a length beyond its limit or its enclosing structure,
             a duplicated extension that douane reads.
     """
-    n = len(handshake)
+    return _client_hello_at(handshake, 0, len(handshake), names_only)
+
+
+def _client_hello_at(data: bytes, pos: int, end: int, names_only: bool) -> ClientHello | None:
+    """`parse_client_hello` on the handshake bytes `data[pos:end]`, without copying them out."""
+    n = end - pos
     if n < 4:
-        if n and handshake[0] != HANDSHAKE_CLIENT_HELLO:
+        if n > 0 and data[pos] != HANDSHAKE_CLIENT_HELLO:
             raise malformed("tls handshake type")
         return None
-    r = Reader(handshake)
-    if r.u8() != HANDSHAKE_CLIENT_HELLO:
+    if data[pos] != HANDSHAKE_CLIENT_HELLO:
         raise malformed("tls handshake type")
-    length = r.u24()
+    length = (data[pos + 1] << 16) | (data[pos + 2] << 8) | data[pos + 3]
     if length > MAX_CLIENT_HELLO:
         raise malformed("tls client hello too long")
-    if r.left() < length:
+    if n - 4 < length:
         return None
-    return _client_hello_body(r.sub(length))
+    return _client_hello_body(data, pos + 4, pos + 4 + length, names_only)
 
 
-def _client_hello_body(r: Reader) -> ClientHello:
-    # RFC 8446 4.1.2 ClientHello.
-    legacy_version = r.u16()
+def _client_hello_body(data: bytes, pos: int, end: int, names_only: bool) -> ClientHello:
+    # RFC 8446 4.1.2 ClientHello. Read with plain offsets, each checked against `end` before
+    # the bytes are used: this runs once per TLS connection and QUIC flow, on the packet path.
+    if pos + 35 > end:  # legacy_version, random, the session id's length
+        raise malformed("tls client hello truncated")
+    legacy_version = (data[pos] << 8) | data[pos + 1]
     if legacy_version >> 8 != 3:
         raise malformed("tls client hello version")
-    r.skip(32)  # random
-    session_id = r.u8()
+    session_id = data[pos + 34]
     if session_id > 32:  # legacy_session_id<0..32>
         raise malformed("tls session id length")
-    r.skip(session_id)
-    suites = r.u16()  # cipher_suites<2..2^16-2>, two bytes each
+    pos += 35 + session_id
+    if pos + 2 > end:
+        raise malformed("tls client hello truncated")
+    suites = (data[pos] << 8) | data[pos + 1]  # cipher_suites<2..2^16-2>, two bytes each
     if suites < 2 or suites & 1:
         raise malformed("tls cipher suites length")
-    r.skip(suites)
-    compressions = r.u8()  # legacy_compression_methods<1..2^8-1>
+    pos += 2 + suites
+    if pos + 1 > end:
+        raise malformed("tls client hello truncated")
+    compressions = data[pos]  # legacy_compression_methods<1..2^8-1>
     if compressions < 1:
         raise malformed("tls compression methods length")
-    r.skip(compressions)
+    pos += 1 + compressions
+    if pos > end:
+        raise malformed("tls client hello truncated")
     sni: str | None = None
     ech = False
     alpn: tuple[str, ...] = ()
-    version = legacy_version
-    if r.left() == 0:
+    version = 0 if names_only else legacy_version
+    if pos == end:
         # TLS 1.0-1.2 (RFC 5246 7.4.1.2): the extensions block may be absent altogether.
         return ClientHello(None, False, (), version)
-    ext_len = r.u16()  # extensions<8..2^16-1> in TLS 1.3; any length in TLS 1.2
-    if ext_len != r.left():
+    if pos + 2 > end:
         raise malformed("tls extensions length")
-    # The extension walk is the hot part (15 to 20 extensions in a browser's hello): headers are
-    # read with one struct call each, and only the extensions douane reads get a Reader.
-    data = r.data
-    pos = r.pos
-    end = r.end
+    ext_len = (data[pos] << 8) | data[pos + 1]  # extensions<8..2^16-1> in TLS 1.3; any in 1.2
+    pos += 2
+    if ext_len != end - pos:
+        raise malformed("tls extensions length")
+    # 15 to 20 extensions in a browser's hello: headers are read with one struct call each, and
+    # the extensions douane does not read cost nothing more.
+    read = NAMES_READ if names_only else ALL_READ
     seen: set[int] = set()
     while pos < end:
         if pos + 4 > end:
@@ -143,12 +164,15 @@ def _client_hello_body(r: Reader) -> ClientHello:
         pos += 4
         if pos + size > end:  # extension_data<0..2^16-1> within the extensions block
             raise malformed("tls extension length")
+        if ext_type not in read:
+            pos += size
+            continue
         # RFC 8446 4.2: "There MUST NOT be more than one extension of the same type".
         if ext_type in seen:
             raise malformed("tls duplicate extension")
         seen.add(ext_type)
         if ext_type == EXT_SERVER_NAME:
-            sni = _server_name(Reader(data, pos, pos + size))
+            sni = _server_name(data, pos, pos + size)
         elif ext_type == EXT_ALPN:
             alpn = _alpn(Reader(data, pos, pos + size))
         elif ext_type == EXT_SUPPORTED_VERSIONS:
@@ -159,19 +183,24 @@ def _client_hello_body(r: Reader) -> ClientHello:
     return ClientHello(sni, ech, alpn, version)
 
 
-def _server_name(r: Reader) -> str | None:
+def _server_name(data: bytes, pos: int, end: int) -> str | None:
     """RFC 6066 3: ServerNameList server_name_list<1..2^16-1>; the first host_name wins."""
-    if r.left() == 0:
+    if pos == end:
         # A server echoes an empty server_name; a client may not, but it says nothing either.
         return None
-    names = r.sub(r.u16())
-    if r.left():
+    if pos + 2 > end or pos + 2 + ((data[pos] << 8) | data[pos + 1]) != end:
         raise malformed("tls server name list length")
-    while names.left():
-        name_type = names.u8()
-        name = names.take(names.u16())  # HostName<1..2^16-1>
+    pos += 2
+    while pos < end:
+        if pos + 3 > end:
+            raise malformed("tls server name entry")
+        name_type = data[pos]
+        stop = pos + 3 + ((data[pos + 1] << 8) | data[pos + 2])  # HostName<1..2^16-1>
+        if stop > end:
+            raise malformed("tls server name length")
         if name_type == NAME_TYPE_HOST:
-            return clean_hostname(name)
+            return clean_hostname(data[pos + 3 : stop])
+        pos = stop
     return None
 
 
@@ -188,7 +217,7 @@ def _alpn(r: Reader) -> tuple[str, ...]:
         name = names.take(size)
         # Opaque bytes on the wire: keep only names that are safe to log (GREASE ALPN values,
         # RFC 8701, and binary junk are dropped).
-        if all(0x21 <= c <= 0x7E for c in name):
+        if not name.translate(None, PRINTABLE):
             out.append(name.decode("ascii"))
     return tuple(out)
 
@@ -206,7 +235,7 @@ def _supported_versions(r: Reader, legacy_version: int) -> int:
     return best or legacy_version
 
 
-def parse_tls_stream(stream: bytes) -> ClientHello | None:
+def parse_tls_stream(stream: bytes, names_only: bool = False) -> ClientHello | None:
     """Parse the ClientHello at the start of a TCP client's byte stream.
 
     The ClientHello may span several TLS records (RFC 8446 5.1: handshake messages may be
@@ -215,6 +244,7 @@ def parse_tls_stream(stream: bytes) -> ClientHello | None:
 
     Args:
         stream: the client's first bytes, from the first record header on.
+        names_only: as for `parse_client_hello`.
 
     Returns:
         The ClientHello, or None when more bytes are needed.
@@ -249,6 +279,11 @@ def parse_tls_stream(stream: bytes) -> ClientHello | None:
             raise malformed("tls record too long")
         start = pos + 5
         end = start + length
+        if not fragments and end <= n:
+            # Most ClientHellos fit one record: parse them in place, no copy.
+            hello = _client_hello_at(stream, start, end, names_only)
+            if hello is not None:
+                return hello
         if end > n:
             # A partial record still lets the handshake header be checked early.
             fragments.append(stream[start:n])
@@ -262,7 +297,7 @@ def parse_tls_stream(stream: bytes) -> ClientHello | None:
             head = _check_header(b"".join(fragments))
             need = 4 + head
         if need >= 0 and have >= need:
-            return parse_client_hello(b"".join(fragments))
+            return parse_client_hello(b"".join(fragments), names_only)
 
 
 def _check_header(handshake: bytes) -> int:

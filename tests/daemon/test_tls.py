@@ -235,6 +235,42 @@ class TestParseClientHello:
             assert hello.sni.replace(".", "").replace("-", "").replace("_", "").isalnum()
 
 
+class TestNamesOnly:
+    """Identification's parse reads server_name and ECH only: the same names, less work."""
+
+    def test_same_names(self) -> None:
+        """SNI and ECH as the full parse gives them; ALPN and version are not read."""
+        assert parse_client_hello(TYPICAL, names_only=True) == ClientHello(
+            "hdh.blob.core.windows.net", True, (), 0)
+        assert parse_tls_stream(records(TYPICAL, 100), names_only=True) == ClientHello(
+            "hdh.blob.core.windows.net", True, (), 0)
+
+    def test_unread_extensions_unchecked(self) -> None:
+        """A broken ALPN or supported_versions does not hide the server name."""
+        broken = client_hello(sni_ext(b"dpi.example") + ext(16, b"\x00\x02\x00\x00") + ext(43, b"\x03"))
+        with pytest.raises(MalformedPacket):
+            parse_client_hello(broken)
+        hello = parse_client_hello(broken, names_only=True)
+        assert hello is not None and hello.sni == "dpi.example"
+
+    def test_duplicate_server_name_still_refused(self) -> None:
+        """The extensions it reads are still refused twice (RFC 8446 4.2)."""
+        with pytest.raises(MalformedPacket):
+            parse_client_hello(client_hello(sni_ext(b"a.example") + sni_ext(b"b.example")), names_only=True)
+
+    @given(st.integers(0, len(TYPICAL) - 1), st.integers(0, 255), st.integers(0, len(TYPICAL)),
+           st.binary(max_size=64))
+    def test_fuzz_agrees_with_full_parse(self, pos: int, value: int, cut: int, tail: bytes) -> None:
+        """Wherever the full parse gives a ClientHello, names_only gives its SNI and ECH."""
+        data = bytearray(TYPICAL)
+        data[pos] = value
+        mutated = bytes(data[:cut]) + tail
+        full = outcome(parse_client_hello, mutated)
+        names = outcome(lambda d: parse_client_hello(d, names_only=True), mutated)
+        if full is not None:
+            assert names is not None and (names.sni, names.ech) == (full.sni, full.ech)
+
+
 class TestParseTlsStream:
     def test_single_record(self) -> None:
         """One record carrying the whole ClientHello."""
