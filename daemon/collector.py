@@ -75,6 +75,7 @@ def record_to_flow(record: FlowRecord, internal: InternalNetworks) -> Flow:
     flow.last = record.last
     flow.packets_out, flow.bytes_out = out_packets, out_bytes
     flow.packets_in, flow.bytes_in = in_packets, in_bytes
+    flow.sampling = record.sampling
     flow.end_reason = "exported"
     return flow
 

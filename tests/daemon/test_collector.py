@@ -6,6 +6,7 @@ import json
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -172,6 +173,99 @@ class TestFlowCollector:
         assert len(flows) == 2 and not thread.is_alive()
 
 
+# --- sampled records: counters scaled up, and the record says so -------------------------------------
+
+S4_TEXT = "198.51.100.7"
+# A template of IPv4 5-tuple and counters (IEs 8, 12, 7, 11, 4, 2, 1): no time fields.
+FIELDS = ((8, 4), (12, 4), (7, 2), (11, 2), (4, 1), (2, 4), (1, 4))
+
+
+def a_set(set_id: int, body: bytes) -> bytes:
+    """A set (RFC 7011 section 3.3.2; RFC 3954 section 5.2 calls it a FlowSet): id, length, body."""
+    return struct.pack("!HH", set_id, 4 + len(body)) + body
+
+
+def fields_spec(*fields: tuple[int, int]) -> bytes:
+    return b"".join(struct.pack("!HH", ie, length) for ie, length in fields)
+
+
+def data_v4(src: bytes, sport: int, dst: bytes, dport: int, packets: int, octets: int) -> bytes:
+    return src + dst + struct.pack("!HHBII", sport, dport, 6, packets, octets)
+
+
+def ipfix_message(*sets: bytes, sequence: int) -> bytes:
+    """IPFIX (RFC 7011 section 3.1): version 10, length, export time, sequence, observation domain 1."""
+    body = b"".join(sets)
+    return struct.pack("!HHIII", 10, 16 + len(body), int(T), sequence, 1) + body
+
+
+def v9_packet(*sets: bytes, sequence: int) -> bytes:
+    """NetFlow v9 (RFC 3954 section 5.1): version, count, sysUpTime, secs, sequence, source id 1."""
+    return struct.pack("!HHIIII", 9, len(sets), 60_000, int(T), sequence, 1) + b"".join(sets)
+
+
+def sampled_exchange(version: int) -> list[bytes]:
+    """An exporter sampling 1 packet in 100: its templates, its sampling options, then two
+    one-way records of one connection (10.0.0.5:40000 -> 198.51.100.7:443 and back)."""
+    records = (data_v4(C4, 40000, S4, 443, 3, 300) + data_v4(S4, 443, C4, 40000, 2, 1000))
+    if version == 9:
+        # RFC 3954 section 6.1: options template id, scope length 4 (System, 4 bytes), option
+        # length 4 (samplingInterval, IE 34); its data: system 0, interval 100.
+        options = struct.pack("!HHH", 257, 4, 4) + fields_spec((1, 4), (34, 4))
+        return [
+            v9_packet(a_set(0, struct.pack("!HH", 256, len(FIELDS)) + fields_spec(*FIELDS)),
+                      a_set(1, options), a_set(257, struct.pack("!II", 0, 100)), sequence=0),
+            v9_packet(a_set(256, records), sequence=1),
+        ]
+    # RFC 7011 section 3.4.2.2: options template id, 3 fields, 1 scope (observationDomainId, 149),
+    # then samplingPacketInterval (305) and samplingPacketSpace (306): take 1, skip 99 (RFC 5476).
+    options = struct.pack("!HHH", 257, 3, 1) + fields_spec((149, 4), (305, 4), (306, 4))
+    return [
+        ipfix_message(a_set(2, struct.pack("!HH", 256, len(FIELDS)) + fields_spec(*FIELDS)),
+                      a_set(3, options), a_set(257, struct.pack("!III", 1, 1, 99)), sequence=0),
+        ipfix_message(a_set(256, records), sequence=1),
+    ]
+
+
+def over_udp(collector: FlowCollector, datagrams: list[bytes], records: list[dict[str, Any]],
+             expect: int) -> None:
+    """Sends `datagrams` to the started collector over loopback UDP, serves until `expect` records."""
+    collector.start()
+    stop = threading.Event()
+    thread = threading.Thread(target=collector.serve, args=(stop,))
+    thread.start()
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            for datagram in datagrams:
+                sender.sendto(datagram, collector.address)
+        deadline = time.monotonic() + 10
+        while len(records) < expect and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        collector.stop()
+
+
+class TestSampledRecords:
+    @pytest.mark.parametrize("version", [9, 10], ids=["netflow9", "ipfix"])
+    def test_sampled_exchange(self, version: int, geo: GeoDatabases) -> None:
+        """An exporter's sampling options (v9 samplingInterval, IPFIX samplingPacketInterval and
+        Space) scale the next records' counters by 100, and their flow records say `sampled`."""
+        records: list[dict[str, Any]] = []
+        daemon = Replay.build(Config(), [records.append], geo=geo, source="collector")
+        collector = FlowCollector(CollectorConfig(listen=f"{LOOPBACK}:0", exporters=(LOOPBACK,)),
+                                  daemon.pipeline.on_close)
+        over_udp(collector, sampled_exchange(version), records, 2)
+        assert [(r["src"], r["sport"], r["dst"], r["dport"]) for r in records] == [
+            ("10.0.0.5", 40000, S4_TEXT, 443)] * 2
+        assert [(r["packets_out"], r["bytes_out"], r["packets_in"], r["bytes_in"]) for r in records] == [
+            (300, 30000, 0, 0), (0, 0, 200, 100000)]
+        assert all(r["sampled"] is True and r["sampling_interval"] == 100 for r in records)
+        stats = collector.decoder.stats[LOOPBACK]
+        assert (stats.templates, stats.malformed, stats.unknown_template) == (2, 0, 0)
+
+
 # --- softflowd, a real exporter, against `douane replay` on the same capture ------------------------
 
 SOFTFLOWD = shutil.which("softflowd") or (
@@ -282,6 +376,9 @@ class TestSoftflowd:
         want = sum(1 + (v[0] > 0 and v[2] > 0 and version != "10b") for v in expected.values())
         records, collector = collected(capture, geo, version, tmp_path, want)
         assert totals(records) == expected
+        # softflowd without -s, and capture: every packet counted.
+        assert {(r["sampled"], r["sampling_interval"]) for r in records + replay_records} == {
+            (False, None)}
         assert len(records) == want
         stats = collector.decoder.stats[LOOPBACK]
         assert (stats.malformed, stats.unknown_template, stats.sequence_gaps) == (0, 0, 0)
