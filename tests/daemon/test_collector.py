@@ -329,8 +329,8 @@ def replayed(path: Path, geo: GeoDatabases) -> list[dict[str, Any]]:
     return records
 
 
-def collected(path: Path, geo: GeoDatabases, version: str, tmp_path: Path, expect: int
-              ) -> tuple[list[dict[str, Any]], FlowCollector]:
+def collected(path: Path, geo: GeoDatabases, version: str, tmp_path: Path, expect: int,
+              options: tuple[str, ...] = ()) -> tuple[list[dict[str, Any]], FlowCollector]:
     assert SOFTFLOWD is not None
     records: list[dict[str, Any]] = []
     daemon = Replay.build(Config(), [records.append], geo=geo, source="collector")
@@ -346,7 +346,7 @@ def collected(path: Path, geo: GeoDatabases, version: str, tmp_path: Path, expec
         run = subprocess.run(
             [SOFTFLOWD, "-r", str(path), "-n", f"{host}:{port}", "-v", version.rstrip("b"),
              *(["-b"] if version.endswith("b") else []), "-6", "-d", "-c", "none",
-             "-p", str(tmp_path / "softflowd.pid")],
+             "-p", str(tmp_path / "softflowd.pid"), *options],
             check=False, capture_output=True, text=True, timeout=30)
         assert run.returncode == 0, run.stderr
         deadline = time.monotonic() + 10
@@ -392,6 +392,28 @@ class TestSoftflowd:
         by_key = {(r["src"], r["dport"]): r for r in records if r["bytes_out"]}
         web = by_key[("10.0.0.5", 443)]
         assert (web["direction"], web["proto"]) == ("outbound", "tcp")
+
+    @pytest.mark.parametrize("version", ["5", "9", "10"], ids=["netflow5", "netflow9", "ipfix"])
+    def test_sampled_export(self, version: str, net: Any, write_pcap: Any, geo: GeoDatabases,
+                            tmp_path: Path) -> None:
+        """softflowd -s 10 counts 1 packet in 10 and says so (v5 header, v9/IPFIX options): every
+        declared flow is `sampled` with interval 10, and on 80 packets of one size the counters
+        scaled back up add up to what `douane replay` counts."""
+        packets = []
+        for _ in range(40):
+            packets += [net.udp(net.CLIENT, net.SERVER, 50000, 53, b"q" * 100),
+                        net.udp(net.SERVER, net.CLIENT, 53, 50000, b"r" * 100)]
+        path = Path(write_pcap(net.stamp(packets, start=float(int(time.time()) - 600), step=0.01)))
+        replay_records = replayed(path, geo)
+        records, collector = collected(path, geo, version, tmp_path, 1, ("-s", "10"))
+
+        def both_ways(rs: list[dict[str, Any]]) -> tuple[int, int]:
+            return (sum(r["packets_out"] + r["packets_in"] for r in rs),
+                    sum(r["bytes_out"] + r["bytes_in"] for r in rs))
+
+        assert records and all(r["sampled"] is True and r["sampling_interval"] == 10 for r in records)
+        assert both_ways(records) == both_ways(replay_records) == (80, 80 * 128)  # IPv4 + UDP + 100
+        assert collector.decoder.stats[LOOPBACK].malformed == 0
 
     def test_expected_flows(self, capture: Path, geo: GeoDatabases) -> None:
         """The replay side of the comparison: five flows, IPv4 and IPv6, TCP with traffic both ways."""
