@@ -76,6 +76,8 @@ def record_to_flow(record: FlowRecord, internal: InternalNetworks) -> Flow:
     flow.packets_out, flow.bytes_out = out_packets, out_bytes
     flow.packets_in, flow.bytes_in = in_packets, in_bytes
     flow.sampling = record.sampling
+    # Cleaned by the decoder (netflow.record_name): never a raw exporter string.
+    flow.hostname, flow.hostname_source = record.hostname, record.hostname_source
     flow.end_reason = "exported"
     return flow
 

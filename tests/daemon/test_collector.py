@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 from prometheus_client import CollectorRegistry
 
 from douane.daemon.cli import Replay, geo_config
@@ -264,6 +265,51 @@ class TestSampledRecords:
         assert all(r["sampled"] is True and r["sampling_interval"] == 100 for r in records)
         stats = collector.decoder.stats[LOOPBACK]
         assert (stats.templates, stats.malformed, stats.unknown_template) == (2, 0, 0)
+
+
+# --- names exporters send: nProbe's TLS_SERVER_NAME (enterprise 35632, element 188) ------------------
+
+AZURE_FR = bytes([20, 199, 120, 7])
+
+
+def named_exchange(sni: bytes) -> bytes:
+    """An IPFIX message: a template of the 5-tuple, counters and nProbe's TLS server name (variable
+    length, RFC 7011 section 7), and one record of 10.0.0.5:40000 -> 20.199.120.7:443 with `sni`."""
+    template = struct.pack("!HH", 256, len(FIELDS) + 1) + fields_spec(*FIELDS) + struct.pack(
+        "!HHI", 0x8000 | 188, 65535, 35632)
+    data = data_v4(C4, 40000, AZURE_FR, 443, 12, 4210) + bytes([len(sni)]) + sni
+    return ipfix_message(a_set(2, template), a_set(256, data), sequence=0)
+
+
+class TestNamedRecords:
+    def test_sni_names_the_flow(self, geo: GeoDatabases) -> None:
+        """The exporter's SNI becomes the record's hostname (`tls_sni`), and the service stage
+        recognises it as it does a captured ClientHello's."""
+        records: list[dict[str, Any]] = []
+        daemon = Replay.build(Config(), [records.append], geo=geo, source="collector")
+        collector = FlowCollector(CollectorConfig(listen=f"{LOOPBACK}:0", exporters=(LOOPBACK,)),
+                                  daemon.pipeline.on_close)
+        over_udp(collector, [named_exchange(b"HDH.blob.core.windows.net")], records, 1)
+        [r] = records
+        assert (r["hostname"], r["hostname_source"], r["service"]) == (
+            "hdh.blob.core.windows.net", "tls_sni", "azure-storage")
+        assert (r["provider"], r["packets_out"], r["bytes_out"]) == ("microsoft", 12, 4210)
+
+    def test_invalid_name_is_no_name(self, geo: GeoDatabases) -> None:
+        """A name with control bytes gives no hostname, and nothing of it reaches the flagged
+        flow's log line (the client is in a health zone: the flow to Azure is flagged)."""
+        config = parse_config({"zones": [{"name": "pacs", "networks": ["10.0.0.0/24"],
+                                          "categories": ["health"]}]}, "x.yaml")
+        records: list[dict[str, Any]] = []
+        daemon = Replay.build(config, [records.append], geo=geo, source="collector")
+        collector = FlowCollector(CollectorConfig(exporters=(LOOPBACK,)), daemon.pipeline.on_close)
+        with structlog.testing.capture_logs() as logs:
+            assert collector.handle(named_exchange(b"evil\x1b]0;pwned\x07.example"), LOOPBACK, T) == 1
+        [r] = records
+        assert (r["hostname"], r["hostname_source"], r["service"]) == (None, None, None)
+        [flagged] = [e for e in logs if e["event"] == "flagged_flow"]
+        assert (flagged["verdict"], flagged["hostname"]) == ("critical", None)
+        assert "pwned" not in repr(logs)
 
 
 # --- softflowd, a real exporter, against `douane replay` on the same capture ------------------------
