@@ -19,6 +19,8 @@ from typing import Any
 
 import pytest
 import structlog
+from hypothesis import given
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from douane.daemon.cli import Replay, geo_config
@@ -86,6 +88,39 @@ class TestRecordToFlow:
         """A biflow opened from outside to an internal server stays inbound."""
         flow = record_to_flow(record(S4, 50000, C4, 443, 2, 100, 2, 200), INTERNAL)
         assert (flow.src, flow.direction) == (S4, "inbound")
+
+    @pytest.mark.parametrize("a, b", [
+        ((C4, 50000), (S4, 40000)),  # two high ports: the internal side is the client
+        ((C4, 443), (S4, 853)),  # two server ports: the same
+        ((C4, 6000), (S4, 55000)),  # whatever the ports' order
+        ((bytes([192, 168, 1, 20]), 55000), (C4, 6000)),  # both inside: the higher port
+        ((S4, 55000), (bytes([203, 0, 113, 9]), 6000)),  # both outside: the same
+        ((C4, 123), (bytes([10, 0, 0, 9]), 123)),  # equal ports: the lower address
+    ], ids=["high-ports", "server-ports", "low-high", "both-inside", "both-outside", "equal-ports"])
+    def test_mirror_records_one_tuple(self, a: tuple[bytes, int], b: tuple[bytes, int]) -> None:
+        """The two one-way records of a connection give one 5-tuple, its client (`a`) as `src`."""
+        forth = record_to_flow(record(*a, *b, 4, 260), INTERNAL)
+        back = record_to_flow(record(*b, *a, 3, 1120), INTERNAL)
+        assert (forth.src, forth.sport, forth.dst, forth.dport) == (*a, *b)
+        assert (back.src, back.sport, back.dst, back.dport) == (*a, *b)
+        assert (forth.bytes_out, forth.bytes_in, back.bytes_out, back.bytes_in) == (260, 0, 0, 1120)
+
+    @given(a=st.tuples(st.binary(min_size=4, max_size=4), st.integers(0, 65535)),
+           b=st.tuples(st.binary(min_size=4, max_size=4), st.integers(0, 65535)))
+    def test_orientation_ignores_record_order(self, a: tuple[bytes, int], b: tuple[bytes, int]) -> None:
+        """For any two endpoints, a record and its mirror image give the same 5-tuple, with
+        each direction's counters on its own side."""
+        forth = record_to_flow(record(*a, *b, 4, 260), INTERNAL)
+        back = record_to_flow(record(*b, *a, 3, 1120), INTERNAL)
+        assert (forth.src, forth.sport, forth.dst, forth.dport) == (back.src, back.sport, back.dst,
+                                                                     back.dport)
+        assert forth.direction == back.direction
+        if a == b:
+            return  # a flow from an endpoint to itself: either way is the same
+        if (forth.src, forth.sport) == a:
+            assert (forth.bytes_out, forth.bytes_in, back.bytes_out, back.bytes_in) == (260, 0, 0, 1120)
+        else:
+            assert (forth.bytes_out, forth.bytes_in, back.bytes_out, back.bytes_in) == (0, 260, 1120, 0)
 
 
 class TestFlowCollector:
@@ -406,6 +441,23 @@ def collected(path: Path, geo: GeoDatabases, version: str, tmp_path: Path, expec
     return records, collector
 
 
+@pytest.fixture
+def high_ports(net: Any, write_pcap: Any) -> Path:
+    """Connections between two ports that are no server's (above 1024, not in SERVER_PORTS), each
+    opened by its client: UDP and TCP from inside to outside over IPv4, TCP over IPv6, and UDP
+    between two internal hosts (the client on the higher port, as ephemeral ports are)."""
+    packets = [
+        net.udp(net.CLIENT, net.SERVER, 50000, 40000, b"u" * 60),
+        net.udp(net.SERVER, net.CLIENT, 40000, 50000, b"v" * 300),
+        net.udp(net.CLIENT, net.SERVER, 50000, 40000, b"w" * 20),
+        *net.tcp_session(net.CLIENT2, net.SERVER2, 45000, 5001, data=(b"a" * 400,), reply=b"b" * 900),
+        *net.tcp_session(net.CLIENT6, net.SERVER6, 46000, 3000, data=(b"c" * 70,), reply=b"d" * 700),
+        net.udp(net.CLIENT2, net.CLIENT, 55000, 6000, b"i" * 80),
+        net.udp(net.CLIENT, net.CLIENT2, 6000, 55000, b"j" * 160),
+    ]
+    return Path(write_pcap(net.stamp(packets, start=float(int(time.time()) - 600), step=0.01)))
+
+
 @pytest.mark.skipif(SOFTFLOWD is None, reason="softflowd not installed (.ci/run installs it)")
 class TestSoftflowd:
     @pytest.mark.parametrize("version", ["5", "9", "10", "10b"],
@@ -414,6 +466,28 @@ class TestSoftflowd:
                                   tmp_path: Path) -> None:
         """softflowd's export of a capture gives douane the flows, packets and IP bytes that
         `douane replay` finds in it (NetFlow v5 carries IPv4 only; `-b`: RFC 5103 biflows)."""
+        records = self.same_as_replay(version, capture, geo, tmp_path)
+        by_key = {(r["src"], r["dport"]): r for r in records if r["bytes_out"]}
+        web = by_key[("10.0.0.5", 443)]
+        assert (web["direction"], web["proto"]) == ("outbound", "tcp")
+
+    @pytest.mark.parametrize("version", ["5", "9", "10", "10b"],
+                             ids=["netflow5", "netflow9", "ipfix", "ipfix-biflow"])
+    def test_high_ports_same_flows_as_replay(self, version: str, high_ports: Path, geo: GeoDatabases,
+                                             tmp_path: Path) -> None:
+        """Between two high ports the ports do not say who is the client: the two one-way records
+        of a connection still give replay's 5-tuple, the internal side (or, between two internal
+        hosts, the higher port) being the client."""
+        records = self.same_as_replay(version, high_ports, geo, tmp_path)
+        keys = {(r["src"], r["sport"], r["dst"], r["dport"], r["proto"]) for r in records}
+        assert ("10.0.0.5", 50000, "198.51.100.7", 40000, "udp") in keys
+        assert ("192.168.1.20", 55000, "10.0.0.5", 6000, "udp") in keys
+        assert all(r["direction"] in ("outbound", "internal") for r in records)
+
+    def same_as_replay(self, version: str, capture: Path, geo: GeoDatabases, tmp_path: Path
+                       ) -> list[dict[str, Any]]:
+        """Collects softflowd's export of `capture` and checks it against `douane replay`: the
+        same 5-tuples, packets, IP bytes and times. Returns the collected records."""
         replay_records = replayed(capture, geo)
         expected = totals(replay_records)
         if version == "5":
@@ -435,9 +509,7 @@ class TestSoftflowd:
         for key, (start, end) in spans(records).items():
             want_start, want_end = spans(replay_records)[key]
             assert abs(start - want_start) <= close and abs(end - want_end) <= close, key
-        by_key = {(r["src"], r["dport"]): r for r in records if r["bytes_out"]}
-        web = by_key[("10.0.0.5", 443)]
-        assert (web["direction"], web["proto"]) == ("outbound", "tcp")
+        return records
 
     @pytest.mark.parametrize("version", ["5", "9", "10"], ids=["netflow5", "netflow9", "ipfix"])
     def test_sampled_export(self, version: str, net: Any, write_pcap: Any, geo: GeoDatabases,
