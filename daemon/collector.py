@@ -6,10 +6,12 @@ others (`netflow.Decoder`) and hands each record to `on_flow` as a `Flow`, so th
 declares it as it declares a captured flow (enrichment, policy, metrics, evidence).
 
 Records are not paired: an exporter's uni-directional record becomes one flow with one direction's
-counters. Its orientation follows the flow table's guess for a flow seen from the middle (the side on
-a server port is the responder), so that the two records of a connection give two declarations with
-the same 5-tuple, one with the `out` counters and one with the `in` counters. A biflow record
-(RFC 5103) gives one flow with both.
+counters. Its orientation is decided from the two endpoints alone, never from which one the record
+names first (`opener_is_dst`), so that the two records of a connection give two declarations with
+the same 5-tuple, one with the `out` counters and one with the `in` counters: the flow table's
+guess for a flow seen from the middle (the side on a server port is the responder), and where the
+ports do not decide, the internal side as the client. A biflow record (RFC 5103) gives one flow
+with both directions' counters.
 """
 
 from __future__ import annotations
@@ -59,15 +61,45 @@ def normalise_address(text: str) -> str:
     return str(addr)
 
 
+def opener_is_dst(src: bytes, sport: int, dst: bytes, dport: int, internal: InternalNetworks) -> bool:
+    """Whether a record's destination side is the one that opened the connection.
+
+    The answer depends on the two endpoints, not on their order, so that both one-way records of a
+    connection agree on the flow's 5-tuple:
+
+    1. a side on a server port (flows.SERVER_PORTS, or below 1024) facing one that is not is the
+       server, as the flow table decides for a flow seen from the middle;
+    2. otherwise (two high ports, or two server ports) the internal side is the client: what
+       leaves the institution is what douane reports, and its clients open most such connections
+       (video calls, VPNs, STUN, games);
+    3. between two internal or two external hosts, the higher port is the client's (ephemeral
+       ports sit at the top of the range: Linux 32768-60999, IANA 49152-65535);
+    4. on equal ports, the lower address: arbitrary, but stable.
+
+    The flow table follows the first packet where 1 does not apply, so a connection opened from
+    outside to an internal host's high port is declared the other way round by the collector (same
+    counters, each on the other side). Known and accepted: a flow record does not say who began.
+    """
+    if _server_side(sport, dport):
+        return True
+    if _server_side(dport, sport):
+        return False
+    src_inside = src in internal
+    if src_inside != (dst in internal):
+        return not src_inside
+    if sport != dport:
+        return dport > sport
+    return dst < src
+
+
 def record_to_flow(record: FlowRecord, internal: InternalNetworks) -> Flow:
     """A decoded record as a douane `Flow`, oriented from the side that opened the connection."""
     proto, src, sport, dst, dport = record.proto, record.src, record.sport, record.dst, record.dport
     out_packets, out_bytes = record.packets, record.bytes
     in_packets, in_bytes = record.rpackets, record.rbytes
-    # A record from a server port is turned around, as the flow table does for a flow seen from
-    # the middle. RFC 5103 makes a biflow's source the initiator, but exporters that do not track
-    # it order the two sides their own way (softflowd -b does): biflows get the same guess.
-    if _server_side(sport, dport):
+    # RFC 5103 makes a biflow's source the initiator, but exporters that do not track it order the
+    # two sides their own way (softflowd -b does): biflows are oriented like one-way records.
+    if opener_is_dst(src, sport, dst, dport, internal):
         src, sport, dst, dport = dst, dport, src, sport
         out_packets, out_bytes, in_packets, in_bytes = in_packets, in_bytes, out_packets, out_bytes
     flow = Flow((0, proto, src, sport, dst, dport), 0, proto, src, sport, dst, dport, record.first,
@@ -75,6 +107,9 @@ def record_to_flow(record: FlowRecord, internal: InternalNetworks) -> Flow:
     flow.last = record.last
     flow.packets_out, flow.bytes_out = out_packets, out_bytes
     flow.packets_in, flow.bytes_in = in_packets, in_bytes
+    flow.sampling = record.sampling
+    # Cleaned by the decoder (netflow.record_name): never a raw exporter string.
+    flow.hostname, flow.hostname_source = record.hostname, record.hostname_source
     flow.end_reason = "exported"
     return flow
 

@@ -10,7 +10,9 @@ built once by `evidence_fields` from the flow record:
 - hostname, service, ASN and AS name, provider, location and controller country and zone, exposure,
   jurisdiction;
 - data categories with the *names* of their evidence (`{"health": ["zone:pacs", "identifier:nir"]}`);
-- packets and bytes each way, verdict, rule, and the policy exception that applied, if any.
+- packets and bytes each way, and the sampling interval N when they are estimates (a flow record
+  from an exporter that counts 1 packet in N, its counters multiplied by N; None: exact counts);
+- verdict, rule, and the policy exception that applied, if any.
 
 Only these fields are read from a record; everything else (the client's port, fields of future
 stages) is never looked at. Each field is checked against a strict shape: names are lower-case
@@ -181,16 +183,22 @@ def _v1(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX flagged_category_category ON flagged_category (category, flow_id)")
 
 
+def _v2(db: sqlite3.Connection) -> None:
+    # Issue 7: counts from a sampling exporter are estimates, N times what it saw; NULL: exact
+    # counts (captured flows, and every flow recorded before this column existed).
+    db.execute("ALTER TABLE flagged_flow ADD COLUMN sampling_interval INTEGER")
+
+
 # MIGRATIONS[n] takes a store at schema version n to n + 1, inside one transaction. Append only:
 # a released function never changes, since stores in the field were built by it.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1, _v2]
 
 _FLOW_COLUMNS = (
     "start_ms", "end_ms", "recorded_ms", "proto", "direction", "src", "dst", "dport", "zone",
     "hostname", "service", "asn", "as_name", "provider", "location_country", "location_zone",
     "controller_country", "controller_zone", "exposure", "jurisdiction", "packets_out", "bytes_out",
     "packets_in", "bytes_in", "verdict", "rule", "exception_rule", "exception_justification",
-    "exception_expires", "refused",
+    "exception_expires", "refused", "sampling_interval",
 )  # fmt: skip
 # Built from the constant column names above, never from data.
 _COLUMN_LIST = ", ".join(_FLOW_COLUMNS)
@@ -266,6 +274,12 @@ _counter = _integer(MAX_COUNTER)
 _port = _integer(65535)
 _asn = _integer(2**32 - 1)
 
+
+def _sampling(value: Any) -> int | None:
+    """A sampling interval: 2 or more (1 in N packets), at most IE 34's 32 bits. The record gives
+    null for exact counts, so a stored value always means an estimate."""
+    return value if _asn(value) is not None and value >= 2 else None
+
 # Record key -> checker; the record's other keys are never read.
 _SCALARS: tuple[tuple[str, Callable[[Any], Any]], ...] = (
     ("proto", _name),
@@ -286,6 +300,7 @@ _SCALARS: tuple[tuple[str, Callable[[Any], Any]], ...] = (
     ("bytes_out", _counter),
     ("packets_in", _counter),
     ("bytes_in", _counter),
+    ("sampling_interval", _sampling),
     ("rule", _name),
 )
 
@@ -661,7 +676,7 @@ class EvidenceStore:
             fields["controller_zone"], json.dumps(fields["exposure"]), fields["jurisdiction"],
             fields["packets_out"], fields["bytes_out"], fields["packets_in"], fields["bytes_in"],
             fields["verdict"], fields["rule"], exception.get("rule"), exception.get("justification"),
-            exception.get("expires"), json.dumps(refused),
+            exception.get("expires"), json.dumps(refused), fields["sampling_interval"],
         )  # fmt: skip
         with self._lock:
             db = self._writable()

@@ -59,7 +59,7 @@ class Flow:
         "bytes_in", "bytes_out", "closing", "direction", "dport", "dst", "ech", "end_reason",
         "evidence", "fin_in", "fin_out", "first", "flagged", "flags_in", "flags_out", "hostname",
         "hostname_source", "inspect", "key", "last", "packets_in", "packets_out", "proto",
-        "reported", "rkey", "sport", "src", "vlan",
+        "reported", "rkey", "sampling", "sport", "src", "vlan",
     )
 
     def __init__(
@@ -77,6 +77,9 @@ class Flow:
         self.first = ts
         self.last = ts
         self.packets_out = self.bytes_out = self.packets_in = self.bytes_in = 0
+        # 1 in N packets counted, the counters scaled back up by N (flow records from a sampling
+        # exporter); 1: every packet counted, the counters exact (capture always).
+        self.sampling = 1
         self.flags_out = self.flags_in = 0
         self.fin_out = self.fin_in = False
         self.closing = False

@@ -19,6 +19,13 @@ from functools import lru_cache
 _NAME = re.compile(r"(?:[a-z0-9_-]{1,63}\.)*[a-z0-9_-]{1,63}", re.ASCII)
 MAX_NAME = 253
 
+# Where a flow's name came from (the record's `hostname_source`), in increasing precedence: a name
+# from a better source replaces one from a weaker source, never the reverse. Used by inspection
+# (identify.py) and by the flow collector for names that exporters send (netflow.py). "dns_query"
+# names a flow *to a resolver* by the question it carried: a fact about the query, not about where
+# the flow goes (DESIGN.md's list of sources gains it; the jurisdiction and service stages ignore it).
+SOURCE_RANK = {None: 0, "dns_query": 0, "dns": 1, "http_host": 2, "tls_sni": 3, "quic_sni": 3}
+
 
 def clean_hostname(raw: bytes | str) -> str | None:
     """A DNS name fit for logs, labels and policy, or None.

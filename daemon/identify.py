@@ -19,6 +19,7 @@ from douane.daemon.content import Content
 from douane.daemon.dissect import PROTO_TCP, PROTO_UDP, MalformedPacket
 from douane.daemon.dns import address_names, looks_like_dns, parse_dns_tcp, read_answers
 from douane.daemon.dnscache import DnsCache
+from douane.daemon.hostname import SOURCE_RANK
 from douane.daemon.http import http_host, looks_like_http
 from douane.daemon.quic import CryptoStream, parse_initials
 from douane.daemon.tls import looks_like_tls, parse_client_hello, parse_tls_stream
@@ -30,10 +31,7 @@ DNS_PORTS = frozenset({53, 5353, 5355})  # DNS, mDNS, LLMNR: the same wire forma
 SEQ = struct.Struct("!I")
 TCP_SYN = 0x02
 
-# Hostname sources, in increasing precedence. "dns_query" names a flow *to a resolver* by the
-# question it carried: a fact about the query, not about where the flow goes (DESIGN.md's list of
-# sources gains it; the jurisdiction and service stages ignore it).
-SOURCE_RANK = {None: 0, "dns_query": 0, "dns": 1, "http_host": 2, "tls_sni": 3, "quic_sni": 3}
+# Hostname sources and their precedence: hostname.SOURCE_RANK, shared with the flow collector.
 
 
 class Stream:

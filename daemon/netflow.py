@@ -8,7 +8,9 @@ source id), data sets held until their template arrives (bounded in number and t
 intervals from options records, and the next expected sequence number.
 
 Each record is a `FlowRecord`: the flow as the exporter saw it, `src` -> `dst`, with the reverse
-direction's counters when the exporter sends biflow records (RFC 5103).
+direction's counters when the exporter sends biflow records (RFC 5103), and the server's name when
+the exporter sends one in a field douane reads (`NAME_SOURCES`): every such name passes through
+`clean_hostname`, so what is not a plain DNS name never leaves the decoder.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from douane.daemon.dissect import MalformedPacket
+from douane.daemon.hostname import SOURCE_RANK, clean_hostname
+from douane.daemon.http import _host_of  # the Host header's own rule (port, userinfo), shared on purpose
 
 NETFLOW5 = "netflow5"
 NETFLOW9 = "netflow9"
@@ -49,7 +53,16 @@ IE_END_MS = 153
 IE_SYSTEM_INIT_MS = 160
 IE_SAMPLING_PACKET_INTERVAL = 305
 IE_SAMPLING_PACKET_SPACE = 306
+IE_HTTP_REQUEST_HOST = 460  # httpRequestHost: the Host header's value (RFC 7230 5.4), a port possible
 ENTERPRISE_REVERSE = 29305  # RFC 5103 section 6.1: reverse IEs share the forward numbers
+# ntop's private enterprise number: nProbe (and exporters that copy its templates) send names in
+# its elements, listed in nProbe's documentation as "[NFv9 57659][IPFIX 35632.187] %HTTP_HOST"; the
+# v9 number is 57472 (NTOP_V9_BASE) plus the IPFIX one.
+ENTERPRISE_NTOP = 35632
+NTOP_V9_BASE = 57472
+NTOP_HTTP_HOST = 187  # HTTP(S) host name
+NTOP_TLS_SERVER_NAME = 188  # TLS SNI (SSL_SERVER_NAME in older nProbe releases)
+NTOP_DNS_QUERY = 205  # the query name of a DNS flow
 VARIABLE_LENGTH = 65535  # RFC 7011 section 7
 
 V5_HEADER = struct.Struct("!HHIIIIBBH")  # version, count, uptime, secs, nsecs, sequence, engine, sampling
@@ -80,6 +93,8 @@ class FlowRecord(NamedTuple):
     tcp_flags: int
     direction: int | None  # IE 61: 0 ingress, 1 egress, None when absent
     sampling: int  # the interval the counters were scaled by (1: not sampled)
+    hostname: str | None = None  # cleaned (hostname.clean_hostname), or None
+    hostname_source: str | None = None  # as in the flow record: tls_sni, http_host, dns_query
 
 
 @dataclass(frozen=True)
@@ -120,6 +135,7 @@ class _Template:
     minimum: int  # the smallest a record can be
     # Fixed-length templates of plain fields: one struct call per record, unread fields skipped.
     plan: tuple[struct.Struct, tuple[int, ...]] | None = None
+    names: bool = False  # a field may carry the server's name (NAME_SOURCES)
 
 
 @dataclass
@@ -138,6 +154,29 @@ R_OCTETS = _reverse(IE_OCTETS)
 R_PACKETS = _reverse(IE_PACKETS)
 R_OCTETS_TOTAL = _reverse(IE_OCTETS_TOTAL)
 R_PACKETS_TOTAL = _reverse(IE_PACKETS_TOTAL)
+
+
+def _ntop(ie: int) -> int:
+    return ENTERPRISE_NTOP << 16 | ie
+
+
+# Fields that carry the server's name, and the `hostname_source` each one stands for: what the
+# exporter read is what douane's own inspection reads (the HTTP request's Host, the ClientHello's
+# SNI, a resolver flow's question), so the sources, and their precedence, are the same.
+NAME_SOURCES: dict[int, str] = {
+    IE_HTTP_REQUEST_HOST: "http_host",
+    _ntop(NTOP_HTTP_HOST): "http_host",
+    NTOP_V9_BASE + NTOP_HTTP_HOST: "http_host",
+    _ntop(NTOP_TLS_SERVER_NAME): "tls_sni",
+    NTOP_V9_BASE + NTOP_TLS_SERVER_NAME: "tls_sni",
+    _ntop(NTOP_DNS_QUERY): "dns_query",
+    NTOP_V9_BASE + NTOP_DNS_QUERY: "dns_query",
+}
+# Enterprise elements read (others are skipped by length): RFC 5103's reverse counters, ntop's names.
+ENTERPRISE_KEYS = frozenset({
+    _reverse(IE_OCTETS), _reverse(IE_PACKETS), _reverse(IE_OCTETS_TOTAL), _reverse(IE_PACKETS_TOTAL),
+    *(key for key in NAME_SOURCES if key >> 16 == ENTERPRISE_NTOP),
+})
 
 
 def _truncated(what: str) -> MalformedPacket:
@@ -200,8 +239,10 @@ def parse_template_fields(
                 raise _truncated("template enterprise number")
             (enterprise,) = U32.unpack_from(data, offset)
             offset += 4
-            # Only RFC 5103's reverse elements are read; other enterprises' are skipped by length.
-            key = ENTERPRISE_REVERSE << 16 | (ie & 0x7FFF) if enterprise == ENTERPRISE_REVERSE else -1
+            # Only the enterprise elements douane reads get a key; others are skipped by length.
+            key = enterprise << 16 | (ie & 0x7FFF)
+            if key not in ENTERPRISE_KEYS:
+                key = -1
         else:
             key = ie
         if length == 0 or (length == VARIABLE_LENGTH and not ipfix):
@@ -214,7 +255,8 @@ def _make_template(fields: Fields, options: bool, now: float) -> _Template:
     variable = any(length == VARIABLE_LENGTH for _k, length in fields)
     minimum = sum(1 if length == VARIABLE_LENGTH else length for _k, length in fields)
     return _Template(fields, options, now, 0 if variable else minimum, minimum,
-                     None if variable else _plan(fields))
+                     None if variable else _plan(fields),
+                     any(key in NAME_SOURCES for key, _length in fields))
 
 
 INT_CODES = {1: "B", 2: "H", 4: "I", 8: "Q"}
@@ -229,7 +271,7 @@ def _plan(fields: Fields) -> tuple[struct.Struct, tuple[int, ...]] | None:
             fmt.append(f"{length}x")
         elif key in keys:
             return None  # a repeated field: the first counts, as on the slow path
-        elif key in ADDRESS_KEYS:
+        elif key in RAW_KEYS:
             fmt.append(f"{length}s")
             keys.append(key)
         elif length in INT_CODES:
@@ -496,12 +538,13 @@ class Decoder:
         end = len(chunk)
         state = self._domain(domain)
         options = template.options
+        names = template.names
         if template.plan is not None:
             layout, keys = template.plan
             unpack = layout.unpack_from
             size = layout.size
             while end - offset >= size:
-                self._one(dict(zip(keys, unpack(chunk, offset), strict=True)), options, state,
+                self._one(dict(zip(keys, unpack(chunk, offset), strict=True)), options, names, state,
                           clock, out)
                 offset += size
             return
@@ -525,19 +568,23 @@ class Decoder:
                     raise _truncated("data record")
                 if key >= 0 and key not in values:
                     raw = chunk[offset:offset + length]
-                    if key in ADDRESS_KEYS:
+                    if key in RAW_KEYS:
                         values[key] = raw
                     elif length <= 8:
                         values[key] = int.from_bytes(raw, "big")
                 offset += length
-            self._one(values, options, state, clock, out)
+            self._one(values, options, names, state, clock, out)
 
-    def _one(self, values: dict[int, int | bytes], options: bool, state: _DomainState,
+    def _one(self, values: dict[int, int | bytes], options: bool, names: bool, state: _DomainState,
              clock: Clock, out: list[FlowRecord]) -> None:
         if options:
             self._options(values, state)
             return
         record = self._record(values, state, clock)
+        if record is not None and names:
+            hostname, source = record_name(values)
+            if hostname is not None:
+                record = record._replace(hostname=hostname, hostname_source=source)
         if record is not None:
             out.append(record)
         self._last_data_records += 1
@@ -602,9 +649,34 @@ class Decoder:
         )
 
 
+def record_name(values: dict[int, int | bytes]) -> tuple[str | None, str | None]:
+    """The best name a record's fields carry, by `SOURCE_RANK`, and its source; (None, None).
+
+    Every name goes through `clean_hostname`: control bytes, spaces, an over-long name or an
+    address literal give no name. Fixed-length fields are padded with NUL bytes by exporters
+    (nProbe's v9 strings): the padding goes first.
+    """
+    best: str | None = None
+    best_source: str | None = None
+    best_rank = -1
+    for key, source in NAME_SOURCES.items():
+        raw = values.get(key)
+        rank = SOURCE_RANK[source]
+        if not isinstance(raw, bytes) or rank <= best_rank:
+            continue
+        raw = raw.rstrip(b"\x00")
+        # A Host value may carry a port or userinfo; an SNI or a DNS question is a bare name.
+        name = (_host_of(raw) or None) if source == "http_host" else clean_hostname(raw)
+        if name is not None:
+            best, best_source, best_rank = name, source, rank
+    return best, best_source
+
+
 ADDRESS_KEYS = frozenset({IE_SRC_V4, IE_DST_V4, IE_SRC_V6, IE_DST_V6})
+# Fields kept as bytes: addresses, and names (cleaned in record_name, never used raw).
+RAW_KEYS = ADDRESS_KEYS | frozenset(NAME_SOURCES)
 # The fields read; the fast path skips the others without slicing them.
-WANTED = ADDRESS_KEYS | {
+WANTED = RAW_KEYS | {
     IE_OCTETS, IE_PACKETS, IE_PROTOCOL, IE_TCP_FLAGS, IE_SRC_PORT, IE_DST_PORT, IE_LAST_SWITCHED,
     IE_FIRST_SWITCHED, IE_SAMPLING_INTERVAL, IE_DIRECTION, IE_OCTETS_TOTAL, IE_PACKETS_TOTAL,
     IE_START_SECONDS, IE_END_SECONDS, IE_START_MS, IE_END_MS, IE_SYSTEM_INIT_MS,

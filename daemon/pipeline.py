@@ -74,6 +74,9 @@ def flow_record(flow: Flow) -> Record:
         "bytes_out": flow.bytes_out,
         "packets_in": flow.packets_in,
         "bytes_in": flow.bytes_in,
+        # Counts from a sampling exporter are estimates: N times what was seen (README).
+        "sampled": flow.sampling > 1,
+        "sampling_interval": flow.sampling if flow.sampling > 1 else None,
         "hostname": flow.hostname,
         "hostname_source": flow.hostname_source,
         "ech": flow.ech,

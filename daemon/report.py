@@ -18,7 +18,10 @@ Definitions, used by every format:
   half an answer never reads as `eu`, README "Jurisdiction");
 - a register row is one (provider, service, jurisdiction, data category, zone); a flow with two data
   categories counts in the row of each (so the register's rows do not add up to the flow count);
-  its verdict is the most severe of its flows', its rules and exceptions all those that applied.
+  its verdict is the most severe of its flows', its rules and exceptions all those that applied;
+- a *sampled* flow came from an exporter that counts 1 packet in N: its volumes are estimates (N
+  times what was counted). The summary and each register row count them (`sampled_flows`), and the
+  page marks a volume that includes estimates with `≈`.
 """
 
 from __future__ import annotations
@@ -59,7 +62,7 @@ UNKNOWN = "unknown"
 REGISTER_COLUMNS = (
     "provider", "service", "jurisdiction", "category", "zone", "bytes_out", "bytes_in", "flows",
     "first_seen", "last_seen", "verdict", "rules", "location_countries", "exception_id", "exception_rule",
-    "exception_justification", "exception_expires", "exception_flows",
+    "exception_justification", "exception_expires", "exception_flows", "sampled_flows",
 )  # fmt: skip
 
 # Jurisdictions in their README order (eu < unknown < third < us < ru < cn), each with its colour.
@@ -67,6 +70,7 @@ JURISDICTION_COLOURS = {
     "eu": "#2e7d32", "unknown": "#9e9e9e", "third": "#f9a825", "us": "#1565c0", "ru": "#6a1b9a",
     "cn": "#c62828",
 }  # fmt: skip
+APPROX = "≈\u202f"  # before a volume that includes estimates from sampled flow records
 PALETTE = ("#1565c0", "#c62828", "#2e7d32", "#f9a825", "#6a1b9a", "#00838f", "#ef6c00", "#5d4037")
 
 
@@ -140,6 +144,11 @@ def _inb(flow: Record) -> int:
     return int(flow.get("bytes_in") or 0)
 
 
+def _sampled(flow: Record) -> bool:
+    """Whether the flow's counts are estimates from packet sampling (evidence.py)."""
+    return bool(flow.get("sampling_interval"))
+
+
 def _categories(flow: Record) -> list[str | None]:
     return sorted(flow["data_categories"]) or [None]
 
@@ -209,6 +218,7 @@ def summary(flows: Sequence[Record], previous: Sequence[Record]) -> dict[str, An
         "verdicts": verdicts,
         "exception_flows": sum(1 for f in flows if f["exception"]),
         "previous_flows": len(previous),
+        "sampled_flows": sum(map(_sampled, flows)),
     }
 
 
@@ -238,6 +248,7 @@ def register(flows: Iterable[Record]) -> list[dict[str, Any]]:
                 {"id": i, "rule": r, "justification": j, "expires": e, "flows": n}
                 for (i, r, j, e), n in sorted(exceptions.items(), key=lambda item: str(item[0]))
             ],
+            "sampled_flows": sum(map(_sampled, members)),
         })  # fmt: skip
     rows.sort(key=lambda r: (-VERDICT_RANK.get(r["verdict"], 0), -r["bytes_out"], str(r["provider"]),
                              str(r["service"]), str(r["category"]), str(r["zone"])))
@@ -396,6 +407,8 @@ def summary_lines(report: Mapping[str, Any], lang: str) -> list[str]:
             critical=fmt_int(s["verdicts"]["critical"], lang),
             warning=fmt_int(s["verdicts"]["warning"], lang),
             exceptions=fmt_int(s["exception_flows"], lang)) + ".")  # fmt: skip
+    if s.get("sampled_flows"):
+        lines.append(t["sampled"].format(flows=fmt_int(s["sampled_flows"], lang)))
     return lines
 
 
@@ -535,12 +548,14 @@ def render_html(report: Mapping[str, Any], lang: str, today: date | None = None)
             exceptions.append(f"<b>{name}</b>: {_e(exc['justification'] or '')} "
                               + (f"<span{cls}>({_e(when)})</span>" if when else ""))
         category = t.get(row["category"] or "uncategorised", row["category"])
+        # Volumes that include estimates from sampled flow records: the legend below says so.
+        approx = APPROX if row["sampled_flows"] else ""
         out.append(
             "<tr>" + "".join(f"<td>{_e(v)}</td>" for v in (
                 row["provider"] or "", row["service"] or "", row["jurisdiction"], category,
                 row["zone"] or ""))
-            + f'<td class="n">{_e(fmt_bytes(row["bytes_out"], lang))}</td>'
-            + f'<td class="n">{_e(fmt_bytes(row["bytes_in"], lang))}</td>'
+            + f'<td class="n">{_e(approx + fmt_bytes(row["bytes_out"], lang))}</td>'
+            + f'<td class="n">{_e(approx + fmt_bytes(row["bytes_in"], lang))}</td>'
             + f'<td class="n">{_e(fmt_int(row["flows"], lang))}</td>'
             + f"<td>{_e(row['first_seen'][:19].replace('T', ' '))}</td>"
             + f"<td>{_e(row['last_seen'][:19].replace('T', ' '))}</td>"
@@ -549,6 +564,8 @@ def render_html(report: Mapping[str, Any], lang: str, today: date | None = None)
             + f"<td>{'<br>'.join(exceptions)}</td></tr>"
         )  # fmt: skip
     out.append("</tbody></table>")
+    if any(row["sampled_flows"] for row in report["register"]):
+        out.append(f"<p>{_e(t['sampled_legend'])}</p>")
     out.append(f"<h2>{_e(t['facts'])}</h2>")
     for fact in report["providers"]:
         if not fact["registered"]:

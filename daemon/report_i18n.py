@@ -72,6 +72,10 @@ TEXT: dict[str, dict[str, str]] = {
         "notice": "à noter",
         "and": "et",
         "others": "autres",
+        "sampled": "{flows} de ces flux viennent d'enregistrements de flux échantillonnés (un paquet "
+        "compté sur N) : leurs volumes sont des estimations, marquées ≈ dans le registre.",
+        "sampled_legend": "≈ : le volume comprend des estimations, tirées d'enregistrements de flux "
+        "échantillonnés (paquets et octets comptés un sur N, puis multipliés par N).",
     },
     "en": {
         "title": "Register of transfers outside EU jurisdiction",
@@ -139,6 +143,10 @@ TEXT: dict[str, dict[str, str]] = {
         "notice": "notice",
         "and": "and",
         "others": "others",
+        "sampled": "{flows} of these flows come from sampled flow records (one packet counted in N): "
+        "their volumes are estimates, marked ≈ in the register.",
+        "sampled_legend": "≈: the volume includes estimates from sampled flow records (packets and "
+        "bytes counted one in N, then multiplied by N).",
     },
 }
 

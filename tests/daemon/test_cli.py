@@ -17,10 +17,11 @@ RANGES = Path(__file__).resolve().parents[1] / "geo" / "data" / "ranges"
 
 # DESIGN.md's flow record, in its order, plus `vlan` (README: flows are keyed by VLAN too) and
 # `ech` (issue 3: the name came from an Encrypted Client Hello's outer, public name) and `zone`
-# (issue 5: the configured zone of the internal endpoint, which the policy and evidence use).
+# (issue 5: the configured zone of the internal endpoint, which the policy and evidence use), and
+# `sampled` / `sampling_interval` (issue 7: counters scaled up from a sampling exporter's records).
 RECORD_FIELDS = [
     "start", "end", "proto", "src", "sport", "dst", "dport", "vlan", "direction", "zone",
-    "packets_out", "bytes_out", "packets_in", "bytes_in",
+    "packets_out", "bytes_out", "packets_in", "bytes_in", "sampled", "sampling_interval",
     "hostname", "hostname_source", "ech", "service", "asn", "as_name",
     "location_country", "location_zone", "provider", "controller_country", "controller_zone",
     "exposure", "jurisdiction", "data_categories", "verdict", "rule", "exception",

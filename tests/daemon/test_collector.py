@@ -6,6 +6,7 @@ import json
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -17,6 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
+from hypothesis import given
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from douane.daemon.cli import Replay, geo_config
@@ -84,6 +88,39 @@ class TestRecordToFlow:
         """A biflow opened from outside to an internal server stays inbound."""
         flow = record_to_flow(record(S4, 50000, C4, 443, 2, 100, 2, 200), INTERNAL)
         assert (flow.src, flow.direction) == (S4, "inbound")
+
+    @pytest.mark.parametrize("a, b", [
+        ((C4, 50000), (S4, 40000)),  # two high ports: the internal side is the client
+        ((C4, 443), (S4, 853)),  # two server ports: the same
+        ((C4, 6000), (S4, 55000)),  # whatever the ports' order
+        ((bytes([192, 168, 1, 20]), 55000), (C4, 6000)),  # both inside: the higher port
+        ((S4, 55000), (bytes([203, 0, 113, 9]), 6000)),  # both outside: the same
+        ((C4, 123), (bytes([10, 0, 0, 9]), 123)),  # equal ports: the lower address
+    ], ids=["high-ports", "server-ports", "low-high", "both-inside", "both-outside", "equal-ports"])
+    def test_mirror_records_one_tuple(self, a: tuple[bytes, int], b: tuple[bytes, int]) -> None:
+        """The two one-way records of a connection give one 5-tuple, its client (`a`) as `src`."""
+        forth = record_to_flow(record(*a, *b, 4, 260), INTERNAL)
+        back = record_to_flow(record(*b, *a, 3, 1120), INTERNAL)
+        assert (forth.src, forth.sport, forth.dst, forth.dport) == (*a, *b)
+        assert (back.src, back.sport, back.dst, back.dport) == (*a, *b)
+        assert (forth.bytes_out, forth.bytes_in, back.bytes_out, back.bytes_in) == (260, 0, 0, 1120)
+
+    @given(a=st.tuples(st.binary(min_size=4, max_size=4), st.integers(0, 65535)),
+           b=st.tuples(st.binary(min_size=4, max_size=4), st.integers(0, 65535)))
+    def test_orientation_ignores_record_order(self, a: tuple[bytes, int], b: tuple[bytes, int]) -> None:
+        """For any two endpoints, a record and its mirror image give the same 5-tuple, with
+        each direction's counters on its own side."""
+        forth = record_to_flow(record(*a, *b, 4, 260), INTERNAL)
+        back = record_to_flow(record(*b, *a, 3, 1120), INTERNAL)
+        assert (forth.src, forth.sport, forth.dst, forth.dport) == (back.src, back.sport, back.dst,
+                                                                     back.dport)
+        assert forth.direction == back.direction
+        if a == b:
+            return  # a flow from an endpoint to itself: either way is the same
+        if (forth.src, forth.sport) == a:
+            assert (forth.bytes_out, forth.bytes_in, back.bytes_out, back.bytes_in) == (260, 0, 0, 1120)
+        else:
+            assert (forth.bytes_out, forth.bytes_in, back.bytes_out, back.bytes_in) == (0, 260, 1120, 0)
 
 
 class TestFlowCollector:
@@ -172,6 +209,144 @@ class TestFlowCollector:
         assert len(flows) == 2 and not thread.is_alive()
 
 
+# --- sampled records: counters scaled up, and the record says so -------------------------------------
+
+S4_TEXT = "198.51.100.7"
+# A template of IPv4 5-tuple and counters (IEs 8, 12, 7, 11, 4, 2, 1): no time fields.
+FIELDS = ((8, 4), (12, 4), (7, 2), (11, 2), (4, 1), (2, 4), (1, 4))
+
+
+def a_set(set_id: int, body: bytes) -> bytes:
+    """A set (RFC 7011 section 3.3.2; RFC 3954 section 5.2 calls it a FlowSet): id, length, body."""
+    return struct.pack("!HH", set_id, 4 + len(body)) + body
+
+
+def fields_spec(*fields: tuple[int, int]) -> bytes:
+    return b"".join(struct.pack("!HH", ie, length) for ie, length in fields)
+
+
+def data_v4(src: bytes, sport: int, dst: bytes, dport: int, packets: int, octets: int) -> bytes:
+    return src + dst + struct.pack("!HHBII", sport, dport, 6, packets, octets)
+
+
+def ipfix_message(*sets: bytes, sequence: int) -> bytes:
+    """IPFIX (RFC 7011 section 3.1): version 10, length, export time, sequence, observation domain 1."""
+    body = b"".join(sets)
+    return struct.pack("!HHIII", 10, 16 + len(body), int(T), sequence, 1) + body
+
+
+def v9_packet(*sets: bytes, sequence: int) -> bytes:
+    """NetFlow v9 (RFC 3954 section 5.1): version, count, sysUpTime, secs, sequence, source id 1."""
+    return struct.pack("!HHIIII", 9, len(sets), 60_000, int(T), sequence, 1) + b"".join(sets)
+
+
+def sampled_exchange(version: int) -> list[bytes]:
+    """An exporter sampling 1 packet in 100: its templates, its sampling options, then two
+    one-way records of one connection (10.0.0.5:40000 -> 198.51.100.7:443 and back)."""
+    records = (data_v4(C4, 40000, S4, 443, 3, 300) + data_v4(S4, 443, C4, 40000, 2, 1000))
+    if version == 9:
+        # RFC 3954 section 6.1: options template id, scope length 4 (System, 4 bytes), option
+        # length 4 (samplingInterval, IE 34); its data: system 0, interval 100.
+        options = struct.pack("!HHH", 257, 4, 4) + fields_spec((1, 4), (34, 4))
+        return [
+            v9_packet(a_set(0, struct.pack("!HH", 256, len(FIELDS)) + fields_spec(*FIELDS)),
+                      a_set(1, options), a_set(257, struct.pack("!II", 0, 100)), sequence=0),
+            v9_packet(a_set(256, records), sequence=1),
+        ]
+    # RFC 7011 section 3.4.2.2: options template id, 3 fields, 1 scope (observationDomainId, 149),
+    # then samplingPacketInterval (305) and samplingPacketSpace (306): take 1, skip 99 (RFC 5476).
+    options = struct.pack("!HHH", 257, 3, 1) + fields_spec((149, 4), (305, 4), (306, 4))
+    return [
+        ipfix_message(a_set(2, struct.pack("!HH", 256, len(FIELDS)) + fields_spec(*FIELDS)),
+                      a_set(3, options), a_set(257, struct.pack("!III", 1, 1, 99)), sequence=0),
+        ipfix_message(a_set(256, records), sequence=1),
+    ]
+
+
+def over_udp(collector: FlowCollector, datagrams: list[bytes], records: list[dict[str, Any]],
+             expect: int) -> None:
+    """Sends `datagrams` to the started collector over loopback UDP, serves until `expect` records."""
+    collector.start()
+    stop = threading.Event()
+    thread = threading.Thread(target=collector.serve, args=(stop,))
+    thread.start()
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            for datagram in datagrams:
+                sender.sendto(datagram, collector.address)
+        deadline = time.monotonic() + 10
+        while len(records) < expect and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        collector.stop()
+
+
+class TestSampledRecords:
+    @pytest.mark.parametrize("version", [9, 10], ids=["netflow9", "ipfix"])
+    def test_sampled_exchange(self, version: int, geo: GeoDatabases) -> None:
+        """An exporter's sampling options (v9 samplingInterval, IPFIX samplingPacketInterval and
+        Space) scale the next records' counters by 100, and their flow records say `sampled`."""
+        records: list[dict[str, Any]] = []
+        daemon = Replay.build(Config(), [records.append], geo=geo, source="collector")
+        collector = FlowCollector(CollectorConfig(listen=f"{LOOPBACK}:0", exporters=(LOOPBACK,)),
+                                  daemon.pipeline.on_close)
+        over_udp(collector, sampled_exchange(version), records, 2)
+        assert [(r["src"], r["sport"], r["dst"], r["dport"]) for r in records] == [
+            ("10.0.0.5", 40000, S4_TEXT, 443)] * 2
+        assert [(r["packets_out"], r["bytes_out"], r["packets_in"], r["bytes_in"]) for r in records] == [
+            (300, 30000, 0, 0), (0, 0, 200, 100000)]
+        assert all(r["sampled"] is True and r["sampling_interval"] == 100 for r in records)
+        stats = collector.decoder.stats[LOOPBACK]
+        assert (stats.templates, stats.malformed, stats.unknown_template) == (2, 0, 0)
+
+
+# --- names exporters send: nProbe's TLS_SERVER_NAME (enterprise 35632, element 188) ------------------
+
+AZURE_FR = bytes([20, 199, 120, 7])
+
+
+def named_exchange(sni: bytes) -> bytes:
+    """An IPFIX message: a template of the 5-tuple, counters and nProbe's TLS server name (variable
+    length, RFC 7011 section 7), and one record of 10.0.0.5:40000 -> 20.199.120.7:443 with `sni`."""
+    template = struct.pack("!HH", 256, len(FIELDS) + 1) + fields_spec(*FIELDS) + struct.pack(
+        "!HHI", 0x8000 | 188, 65535, 35632)
+    data = data_v4(C4, 40000, AZURE_FR, 443, 12, 4210) + bytes([len(sni)]) + sni
+    return ipfix_message(a_set(2, template), a_set(256, data), sequence=0)
+
+
+class TestNamedRecords:
+    def test_sni_names_the_flow(self, geo: GeoDatabases) -> None:
+        """The exporter's SNI becomes the record's hostname (`tls_sni`), and the service stage
+        recognises it as it does a captured ClientHello's."""
+        records: list[dict[str, Any]] = []
+        daemon = Replay.build(Config(), [records.append], geo=geo, source="collector")
+        collector = FlowCollector(CollectorConfig(listen=f"{LOOPBACK}:0", exporters=(LOOPBACK,)),
+                                  daemon.pipeline.on_close)
+        over_udp(collector, [named_exchange(b"HDH.blob.core.windows.net")], records, 1)
+        [r] = records
+        assert (r["hostname"], r["hostname_source"], r["service"]) == (
+            "hdh.blob.core.windows.net", "tls_sni", "azure-storage")
+        assert (r["provider"], r["packets_out"], r["bytes_out"]) == ("microsoft", 12, 4210)
+
+    def test_invalid_name_is_no_name(self, geo: GeoDatabases) -> None:
+        """A name with control bytes gives no hostname, and nothing of it reaches the flagged
+        flow's log line (the client is in a health zone: the flow to Azure is flagged)."""
+        config = parse_config({"zones": [{"name": "pacs", "networks": ["10.0.0.0/24"],
+                                          "categories": ["health"]}]}, "x.yaml")
+        records: list[dict[str, Any]] = []
+        daemon = Replay.build(config, [records.append], geo=geo, source="collector")
+        collector = FlowCollector(CollectorConfig(exporters=(LOOPBACK,)), daemon.pipeline.on_close)
+        with structlog.testing.capture_logs() as logs:
+            assert collector.handle(named_exchange(b"evil\x1b]0;pwned\x07.example"), LOOPBACK, T) == 1
+        [r] = records
+        assert (r["hostname"], r["hostname_source"], r["service"]) == (None, None, None)
+        [flagged] = [e for e in logs if e["event"] == "flagged_flow"]
+        assert (flagged["verdict"], flagged["hostname"]) == ("critical", None)
+        assert "pwned" not in repr(logs)
+
+
 # --- softflowd, a real exporter, against `douane replay` on the same capture ------------------------
 
 SOFTFLOWD = shutil.which("softflowd") or (
@@ -235,8 +410,8 @@ def replayed(path: Path, geo: GeoDatabases) -> list[dict[str, Any]]:
     return records
 
 
-def collected(path: Path, geo: GeoDatabases, version: str, tmp_path: Path, expect: int
-              ) -> tuple[list[dict[str, Any]], FlowCollector]:
+def collected(path: Path, geo: GeoDatabases, version: str, tmp_path: Path, expect: int,
+              options: tuple[str, ...] = ()) -> tuple[list[dict[str, Any]], FlowCollector]:
     assert SOFTFLOWD is not None
     records: list[dict[str, Any]] = []
     daemon = Replay.build(Config(), [records.append], geo=geo, source="collector")
@@ -252,7 +427,7 @@ def collected(path: Path, geo: GeoDatabases, version: str, tmp_path: Path, expec
         run = subprocess.run(
             [SOFTFLOWD, "-r", str(path), "-n", f"{host}:{port}", "-v", version.rstrip("b"),
              *(["-b"] if version.endswith("b") else []), "-6", "-d", "-c", "none",
-             "-p", str(tmp_path / "softflowd.pid")],
+             "-p", str(tmp_path / "softflowd.pid"), *options],
             check=False, capture_output=True, text=True, timeout=30)
         assert run.returncode == 0, run.stderr
         deadline = time.monotonic() + 10
@@ -266,6 +441,23 @@ def collected(path: Path, geo: GeoDatabases, version: str, tmp_path: Path, expec
     return records, collector
 
 
+@pytest.fixture
+def high_ports(net: Any, write_pcap: Any) -> Path:
+    """Connections between two ports that are no server's (above 1024, not in SERVER_PORTS), each
+    opened by its client: UDP and TCP from inside to outside over IPv4, TCP over IPv6, and UDP
+    between two internal hosts (the client on the higher port, as ephemeral ports are)."""
+    packets = [
+        net.udp(net.CLIENT, net.SERVER, 50000, 40000, b"u" * 60),
+        net.udp(net.SERVER, net.CLIENT, 40000, 50000, b"v" * 300),
+        net.udp(net.CLIENT, net.SERVER, 50000, 40000, b"w" * 20),
+        *net.tcp_session(net.CLIENT2, net.SERVER2, 45000, 5001, data=(b"a" * 400,), reply=b"b" * 900),
+        *net.tcp_session(net.CLIENT6, net.SERVER6, 46000, 3000, data=(b"c" * 70,), reply=b"d" * 700),
+        net.udp(net.CLIENT2, net.CLIENT, 55000, 6000, b"i" * 80),
+        net.udp(net.CLIENT, net.CLIENT2, 6000, 55000, b"j" * 160),
+    ]
+    return Path(write_pcap(net.stamp(packets, start=float(int(time.time()) - 600), step=0.01)))
+
+
 @pytest.mark.skipif(SOFTFLOWD is None, reason="softflowd not installed (.ci/run installs it)")
 class TestSoftflowd:
     @pytest.mark.parametrize("version", ["5", "9", "10", "10b"],
@@ -274,6 +466,28 @@ class TestSoftflowd:
                                   tmp_path: Path) -> None:
         """softflowd's export of a capture gives douane the flows, packets and IP bytes that
         `douane replay` finds in it (NetFlow v5 carries IPv4 only; `-b`: RFC 5103 biflows)."""
+        records = self.same_as_replay(version, capture, geo, tmp_path)
+        by_key = {(r["src"], r["dport"]): r for r in records if r["bytes_out"]}
+        web = by_key[("10.0.0.5", 443)]
+        assert (web["direction"], web["proto"]) == ("outbound", "tcp")
+
+    @pytest.mark.parametrize("version", ["5", "9", "10", "10b"],
+                             ids=["netflow5", "netflow9", "ipfix", "ipfix-biflow"])
+    def test_high_ports_same_flows_as_replay(self, version: str, high_ports: Path, geo: GeoDatabases,
+                                             tmp_path: Path) -> None:
+        """Between two high ports the ports do not say who is the client: the two one-way records
+        of a connection still give replay's 5-tuple, the internal side (or, between two internal
+        hosts, the higher port) being the client."""
+        records = self.same_as_replay(version, high_ports, geo, tmp_path)
+        keys = {(r["src"], r["sport"], r["dst"], r["dport"], r["proto"]) for r in records}
+        assert ("10.0.0.5", 50000, "198.51.100.7", 40000, "udp") in keys
+        assert ("192.168.1.20", 55000, "10.0.0.5", 6000, "udp") in keys
+        assert all(r["direction"] in ("outbound", "internal") for r in records)
+
+    def same_as_replay(self, version: str, capture: Path, geo: GeoDatabases, tmp_path: Path
+                       ) -> list[dict[str, Any]]:
+        """Collects softflowd's export of `capture` and checks it against `douane replay`: the
+        same 5-tuples, packets, IP bytes and times. Returns the collected records."""
         replay_records = replayed(capture, geo)
         expected = totals(replay_records)
         if version == "5":
@@ -282,6 +496,9 @@ class TestSoftflowd:
         want = sum(1 + (v[0] > 0 and v[2] > 0 and version != "10b") for v in expected.values())
         records, collector = collected(capture, geo, version, tmp_path, want)
         assert totals(records) == expected
+        # softflowd without -s, and capture: every packet counted.
+        assert {(r["sampled"], r["sampling_interval"]) for r in records + replay_records} == {
+            (False, None)}
         assert len(records) == want
         stats = collector.decoder.stats[LOOPBACK]
         assert (stats.malformed, stats.unknown_template, stats.sequence_gaps) == (0, 0, 0)
@@ -292,9 +509,29 @@ class TestSoftflowd:
         for key, (start, end) in spans(records).items():
             want_start, want_end = spans(replay_records)[key]
             assert abs(start - want_start) <= close and abs(end - want_end) <= close, key
-        by_key = {(r["src"], r["dport"]): r for r in records if r["bytes_out"]}
-        web = by_key[("10.0.0.5", 443)]
-        assert (web["direction"], web["proto"]) == ("outbound", "tcp")
+        return records
+
+    @pytest.mark.parametrize("version", ["5", "9", "10"], ids=["netflow5", "netflow9", "ipfix"])
+    def test_sampled_export(self, version: str, net: Any, write_pcap: Any, geo: GeoDatabases,
+                            tmp_path: Path) -> None:
+        """softflowd -s 10 counts 1 packet in 10 and says so (v5 header, v9/IPFIX options): every
+        declared flow is `sampled` with interval 10, and on 80 packets of one size the counters
+        scaled back up add up to what `douane replay` counts."""
+        packets = []
+        for _ in range(40):
+            packets += [net.udp(net.CLIENT, net.SERVER, 50000, 53, b"q" * 100),
+                        net.udp(net.SERVER, net.CLIENT, 53, 50000, b"r" * 100)]
+        path = Path(write_pcap(net.stamp(packets, start=float(int(time.time()) - 600), step=0.01)))
+        replay_records = replayed(path, geo)
+        records, collector = collected(path, geo, version, tmp_path, 1, ("-s", "10"))
+
+        def both_ways(rs: list[dict[str, Any]]) -> tuple[int, int]:
+            return (sum(r["packets_out"] + r["packets_in"] for r in rs),
+                    sum(r["bytes_out"] + r["bytes_in"] for r in rs))
+
+        assert records and all(r["sampled"] is True and r["sampling_interval"] == 10 for r in records)
+        assert both_ways(records) == both_ways(replay_records) == (80, 80 * 128)  # IPv4 + UDP + 100
+        assert collector.decoder.stats[LOOPBACK].malformed == 0
 
     def test_expected_flows(self, capture: Path, geo: GeoDatabases) -> None:
         """The replay side of the comparison: five flows, IPv4 and IPv6, TCP with traffic both ways."""

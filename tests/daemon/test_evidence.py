@@ -105,6 +105,7 @@ def store(db_path: Path, pseudo: Pseudonymiser) -> Iterator[EvidenceStore]:
 
 
 EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+DAY_BEFORE_MS = int(datetime(2026, 11, 27, tzinfo=UTC).timestamp()) * 1000  # the day before flow()'s
 
 
 def files_bytes(path: Path) -> bytes:
@@ -159,6 +160,13 @@ class TestEvidenceFields:
         assert fields["refused"] == []
         assert "sport" not in fields
         assert "hostname_source" not in fields
+        assert fields["sampling_interval"] is None  # exact counts
+
+    def test_sampled_counts(self, pseudo: Pseudonymiser) -> None:
+        """A flow whose counts are estimates from 1-in-N sampling keeps N beside them."""
+        fields = evidence_fields(flow(sampled=True, sampling_interval=100), pseudo)
+        assert fields is not None
+        assert (fields["bytes_out"], fields["sampling_interval"], fields["refused"]) == (4210, 100, [])
 
     @pytest.mark.parametrize(
         ("direction", "src", "dst"),
@@ -206,6 +214,9 @@ class TestEvidenceFields:
             ("as_name", "x" * 201),
             ("src", "10.0.0.999"),
             ("zone", 12),
+            ("sampling_interval", 1),
+            ("sampling_interval", 2**32),
+            ("sampling_interval", "100"),
         ],
     )
     def test_bad_value_dropped_and_named(self, pseudo: Pseudonymiser, key: str, value: Any) -> None:
@@ -405,13 +416,13 @@ class TestRetention:
         s.stop()
 
 
-def _v2_adds_notes(db: sqlite3.Connection) -> None:
+def _next_adds_notes(db: sqlite3.Connection) -> None:
     """A later schema as a test makes it: a column filled from existing rows."""
     db.execute("ALTER TABLE flagged_flow ADD COLUMN note TEXT")
     db.execute("UPDATE flagged_flow SET note = 'migrated ' || provider")
 
 
-def _v2_fails(db: sqlite3.Connection) -> None:
+def _next_fails(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE flagged_flow ADD COLUMN note TEXT")
     db.execute("SELECT * FROM no_such_table")
 
@@ -420,24 +431,25 @@ class TestMigrations:
     def test_creates_current_version(self, store: EvidenceStore) -> None:
         """A new store is at the current schema version and marked as douane's."""
         assert store._db is not None
-        assert store._db.execute("PRAGMA user_version").fetchone()[0] == schema_version() == 1
+        assert store._db.execute("PRAGMA user_version").fetchone()[0] == schema_version() == 2
         assert store._db.execute("PRAGMA application_id").fetchone()[0] == evidence.APPLICATION_ID
 
     def test_migrates_older_store(
         self, db_path: Path, pseudo: Pseudonymiser, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        """A version-1 store with records is taken to version 2 by the next migration, records kept."""
+        """A store with records is taken to the next version by the next migration, records kept."""
+        current = schema_version()
         s = EvidenceStore(EvidenceConfig(path=db_path), pseudo)
         s.start()
         s.record(flow())
         s.stop()
-        monkeypatch.setattr(evidence, "MIGRATIONS", [*evidence.MIGRATIONS, _v2_adds_notes])
+        monkeypatch.setattr(evidence, "MIGRATIONS", [*evidence.MIGRATIONS, _next_adds_notes])
         with structlog.testing.capture_logs() as logs:
             s.start()
-        assert {"event": "evidence_store_migrated", "path": str(db_path), "schema": 2,
+        assert {"event": "evidence_store_migrated", "path": str(db_path), "schema": current + 1,
                 "log_level": "info"} in logs  # fmt: skip
         assert s._db is not None
-        assert s._db.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert s._db.execute("PRAGMA user_version").fetchone()[0] == current + 1
         assert s._db.execute("SELECT note FROM flagged_flow").fetchall() == [("migrated microsoft",)]
         assert len(s.query(EPOCH)) == 1
         s.stop()
@@ -450,11 +462,12 @@ class TestMigrations:
         s.start()
         s.record(flow())
         s.stop()
-        monkeypatch.setattr(evidence, "MIGRATIONS", [*evidence.MIGRATIONS, _v2_fails])
+        current = schema_version()
+        monkeypatch.setattr(evidence, "MIGRATIONS", [*evidence.MIGRATIONS, _next_fails])
         with pytest.raises(EvidenceError, match=re.escape(str(db_path))):
             s.start()
         db = sqlite3.connect(db_path)
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert db.execute("PRAGMA user_version").fetchone()[0] == current
         columns = [row[1] for row in db.execute("PRAGMA table_info(flagged_flow)")]
         assert "note" not in columns
         db.close()
@@ -467,11 +480,31 @@ class TestMigrations:
         db = sqlite3.connect(db_path)
         db.execute("PRAGMA user_version = 7")
         db.close()
-        with pytest.raises(EvidenceError, match=r"newer douane \(schema version 7; this one knows up to 1\)"):
+        with pytest.raises(EvidenceError, match=r"newer douane \(schema version 7; this one knows up to 2\)"):
             s.start()
         db = sqlite3.connect(db_path)
         assert db.execute("PRAGMA user_version").fetchone()[0] == 7
         db.close()
+
+    def test_version_1_store_gains_sampling_interval(
+        self, db_path: Path, pseudo: Pseudonymiser, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A store of schema 1 (before issue 7) keeps its flows, read back as exact counts."""
+        with monkeypatch.context() as patch:
+            patch.setattr(evidence, "MIGRATIONS", evidence.MIGRATIONS[:1])
+            old = EvidenceStore(EvidenceConfig(path=db_path), pseudo)
+            old.start()
+            assert old._db is not None
+            old._db.execute(
+                "INSERT INTO flagged_flow (start_ms, end_ms, recorded_ms, verdict, bytes_out) "
+                "VALUES (?, ?, ?, 'critical', 4210)", (DAY_BEFORE_MS, DAY_BEFORE_MS, 0))
+            old.stop()
+        s = EvidenceStore(EvidenceConfig(path=db_path), pseudo)
+        s.start()
+        s.record(flow(sampling_interval=100, bytes_out=421000))
+        rows = s.query(EPOCH)
+        s.stop()
+        assert [(r["bytes_out"], r["sampling_interval"]) for r in rows] == [(4210, None), (421000, 100)]
 
     def test_foreign_database_refused(self, db_path: Path, pseudo: Pseudonymiser) -> None:
         """An SQLite file of another program is not taken over."""

@@ -10,7 +10,9 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from douane.daemon.dissect import MalformedPacket
+from douane.daemon.hostname import clean_hostname
 from douane.daemon.netflow import (
+    ENTERPRISE_NTOP,
     ENTERPRISE_REVERSE,
     NETFLOW9,
     Decoder,
@@ -388,11 +390,131 @@ class TestDecoder:
         assert d.stats[EXPORTER].malformed == 1
 
 
-@given(prefix=st.sampled_from([SOFTFLOWD_V5, SOFTFLOWD_V9, SOFTFLOWD_IPFIX]),
+# --- names exporters send ------------------------------------------------------------------------
+
+VARLEN = 65535
+FIVE_TUPLE = ((8, 4), (12, 4), (7, 2), (11, 2), (4, 1), (2, 4), (1, 4))
+HTTP_REQUEST_HOST = (460, VARLEN)  # IANA httpRequestHost
+NTOP_HTTP_HOST = (187, VARLEN, ENTERPRISE_NTOP)  # nProbe [IPFIX 35632.187] HTTP_HOST
+NTOP_TLS_SERVER_NAME = (188, VARLEN, ENTERPRISE_NTOP)  # nProbe [IPFIX 35632.188] TLS_SERVER_NAME
+NTOP_DNS_QUERY = (205, VARLEN, ENTERPRISE_NTOP)  # nProbe [IPFIX 35632.205] DNS_QUERY
+
+
+def varlen(value: bytes) -> bytes:
+    """An RFC 7011 section 7 variable-length value: one length byte, or 255 and two bytes."""
+    if len(value) < 255:
+        return bytes([len(value)]) + value
+    return b"\xff" + struct.pack("!H", len(value)) + value
+
+
+def named(*names: tuple[tuple[int, ...], bytes], sport: int = 40000, dport: int = 443,
+          proto: int = 6) -> list[FlowRecord]:
+    """One IPFIX record of the 5-tuple and counters followed by the given name fields, decoded."""
+    fields = (*FIVE_TUPLE, *(spec for spec, _value in names))
+    data = C4 + S4 + struct.pack("!HHBII", sport, dport, proto, 3, 300)
+    data += b"".join(value if spec[1] != VARLEN else varlen(value) for spec, value in names)
+    records = decoder().decode(ipfix(a_set(2, template(256, *fields)), a_set(256, data)), EXPORTER, NOW)
+    assert records is not None
+    return records
+
+
+class TestNames:
+    def test_http_request_host(self) -> None:
+        """IANA httpRequestHost (460): the Host value, port removed, lower-cased, as http_host."""
+        (r,) = named((HTTP_REQUEST_HOST, b"WWW.Example.org:8080"), dport=80)
+        assert (r.hostname, r.hostname_source) == ("www.example.org", "http_host")
+        assert (r.packets, r.bytes) == (3, 300)
+
+    @pytest.mark.parametrize("fields, expected", [
+        ([(NTOP_TLS_SERVER_NAME, b"hdh.blob.core.windows.net")], ("hdh.blob.core.windows.net", "tls_sni")),
+        ([(NTOP_HTTP_HOST, b"portal.example.fr")], ("portal.example.fr", "http_host")),
+        # Precedence of hostname.SOURCE_RANK: the SNI over the Host, whatever the field order.
+        ([(NTOP_HTTP_HOST, b"cdn.example.net"), (NTOP_TLS_SERVER_NAME, b"app.example.net")],
+         ("app.example.net", "tls_sni")),
+        ([(HTTP_REQUEST_HOST, b"host.example.net"), (NTOP_TLS_SERVER_NAME, b"bad\x00name")],
+         ("host.example.net", "http_host")),  # an invalid SNI does not hide a valid Host
+    ], ids=["sni", "host", "sni-over-host", "invalid-sni"])
+    def test_ntop_names(self, fields: list[tuple[tuple[int, ...], bytes]],
+                        expected: tuple[str, str]) -> None:
+        """nProbe's names (enterprise 35632) are read, the best source winning."""
+        (r,) = named(*fields)
+        assert (r.hostname, r.hostname_source) == expected
+
+    def test_dns_query(self) -> None:
+        """nProbe's DNS_QUERY names a flow to a resolver by its question: `dns_query`."""
+        (r,) = named((NTOP_DNS_QUERY, b"ameli.fr."), sport=53000, dport=53, proto=17)
+        assert (r.hostname, r.hostname_source) == ("ameli.fr", "dns_query")
+
+    @pytest.mark.parametrize("value", [
+        b"evil\x1b[31m.example.com",  # control bytes
+        b"a" * 300,  # longer than any DNS name (253)
+        b"%s.example.org" % (b"x" * 64),  # a label over 63
+        b"exa mple.org",
+        b"\xc3\xa9cole.fr",  # raw UTF-8, not an A-label
+        b"10.0.0.1",  # an address literal is not a name
+        b"",
+    ], ids=["control", "too-long", "long-label", "space", "utf8", "address", "empty"])
+    def test_invalid_name_gives_none(self, value: bytes) -> None:
+        """A name that is not a plain DNS name gives no hostname; the record itself stays."""
+        for field in (HTTP_REQUEST_HOST, NTOP_TLS_SERVER_NAME, NTOP_DNS_QUERY):
+            (r,) = named((field, value))
+            assert (r.hostname, r.hostname_source) == (None, None)
+            assert (r.src, r.packets) == (C4, 3)
+
+    def test_fixed_length_padded(self) -> None:
+        """Fixed-length name fields (one struct per record) lose their NUL padding."""
+        fields = (*FIVE_TUPLE, (188, 32, ENTERPRISE_NTOP))
+        data = (C4 + S4 + struct.pack("!HHBII", 40000, 443, 6, 3, 300)
+                + b"teams.microsoft.com".ljust(32, b"\0"))
+        records = decoder().decode(ipfix(a_set(2, template(256, *fields)), a_set(256, data * 2)),
+                                   EXPORTER, NOW)
+        assert records is not None
+        assert [(r.hostname, r.hostname_source) for r in records] == [("teams.microsoft.com", "tls_sni")] * 2
+
+    def test_v9_ntop_numbers(self) -> None:
+        """NetFlow v9 has no enterprise bit: nProbe numbers its names 57472 + the IPFIX element
+        (57660 TLS_SERVER_NAME, 57659 HTTP_HOST), fixed length, NUL-padded."""
+        fields = (*FIVE_TUPLE, (57659, 64), (57660, 48))
+        data = (C4 + S4 + struct.pack("!HHBII", 40000, 443, 6, 3, 300)
+                + b"www.doctolib.fr".ljust(64, b"\0") + b"www.doctolib.fr".ljust(48, b"\0"))
+        records = decoder().decode(v9(a_set(0, template(256, *fields)), a_set(256, data)), EXPORTER, NOW)
+        assert records is not None
+        assert [(r.hostname, r.hostname_source) for r in records] == [("www.doctolib.fr", "tls_sni")]
+
+    def test_fuzz_seed(self) -> None:
+        """The fuzzer's seed with names decodes to the SNI (the best of its three names)."""
+        records = decoder().decode(NAMES_IPFIX, EXPORTER, NOW)
+        assert records is not None
+        assert [(r.hostname, r.hostname_source) for r in records] == [("a.example.org", "tls_sni")]
+
+    def test_unread_enterprise_fields_skipped(self) -> None:
+        """ntop elements douane does not read (L7_PROTO, HTTP_UA, HTTP_URL) and another
+        enterprise's (9, Cisco) are skipped by their length, fixed or variable."""
+        fields = (*FIVE_TUPLE, (118, 2, ENTERPRISE_NTOP), (183, VARLEN, ENTERPRISE_NTOP),
+                  (180, VARLEN, ENTERPRISE_NTOP), (188, VARLEN, 9))
+        data = (C4 + S4 + struct.pack("!HHBII", 40000, 443, 6, 3, 300) + b"\x00\x07"
+                + varlen(b"Mozilla/5.0") + varlen(b"/index.html?" + b"q" * 300) + varlen(b"cisco.example"))
+        records = decoder().decode(ipfix(a_set(2, template(256, *fields)), a_set(256, data)), EXPORTER, NOW)
+        assert records is not None
+        assert [(r.src, r.packets, r.hostname) for r in records] == [(C4, 3, None)]
+
+
+# An IPFIX message with name fields of variable length (SNI, Host, httpRequestHost): the fuzzer's
+# starting point for names; TestNames.test_fuzz_seed checks that it gives one.
+NAMES_IPFIX = ipfix(
+    a_set(2, template(256, *FIVE_TUPLE, NTOP_TLS_SERVER_NAME, NTOP_HTTP_HOST, HTTP_REQUEST_HOST)),
+    a_set(256, C4 + S4 + struct.pack("!HHBII", 40000, 443, 6, 3, 300) + varlen(b"a.example.org")
+          + varlen(b"b.example.org") + varlen(b"c.example.org:80")),
+)
+
+
+@given(prefix=st.sampled_from([SOFTFLOWD_V5, SOFTFLOWD_V9, SOFTFLOWD_IPFIX, NAMES_IPFIX]),
        cut=st.integers(min_value=0, max_value=700), tail=st.binary(max_size=200))
 @example(prefix=SOFTFLOWD_IPFIX, cut=16, tail=b"\x00\x02\x00\x08\x01\x00\x00\x00")
+@example(prefix=NAMES_IPFIX, cut=len(NAMES_IPFIX) - 20, tail=b"\x1b[2J\r\n.example.org")
 def test_fuzz_contract(prefix: bytes, cut: int, tail: bytes) -> None:
-    """From a real datagram's prefix plus random bytes: records, None or MalformedPacket only."""
+    """From a real datagram's prefix plus random bytes: records, None or MalformedPacket only;
+    a record's name, if any, is one that clean_hostname keeps as it is."""
     d = decoder()
     d.decode(prefix, EXPORTER, NOW)  # templates known, so the fuzzed data sets are decoded
     try:
@@ -401,6 +523,8 @@ def test_fuzz_contract(prefix: bytes, cut: int, tail: bytes) -> None:
         assert exc.reason in ("malformed", "truncated")
         return
     assert result is None or all(isinstance(r, FlowRecord) for r in result)
+    for r in result or ():
+        assert r.hostname is None or clean_hostname(r.hostname) == r.hostname
 
 
 @given(data=st.binary(max_size=300), version=st.sampled_from([5, 9, 10]))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -40,3 +41,20 @@ class TestPipeline:
             assert registry.get_sample_value("douane_egress_bytes_total", labels) == 1500
             # The record keeps what the stage decided; only the label is bounded.
             assert records[0]["provider"] == slug
+
+
+class TestFlowRecord:
+    def test_captured_flow_is_not_sampled(self, net: Any, run_flows: Callable[..., Any]) -> None:
+        """A captured flow counts every packet: `sampled` is false and `sampling_interval` null."""
+        packets = net.tcp_session(net.CLIENT, net.SERVER, 40000, 443, data=(b"a" * 100,))
+        record = run_flows(net.frames_of(net.stamp(packets))).only()
+        assert (record["sampled"], record["sampling_interval"]) == (False, None)
+        assert record["packets_out"] > 0
+
+    def test_sampled_flow(self) -> None:
+        """A flow whose counters were scaled from 1-in-N sampling says so, with N."""
+        flow = outbound_flow()
+        flow.sampling = 100
+        records: list[dict[str, Any]] = []
+        Pipeline([], Metrics(CollectorRegistry(), set()), [records.append]).on_close(flow)
+        assert (records[0]["sampled"], records[0]["sampling_interval"]) == (True, 100)

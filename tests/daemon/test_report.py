@@ -5,6 +5,8 @@ with SQL of its own, the HTML opened in headless Chromium."""
 from __future__ import annotations
 
 import csv
+import dataclasses
+import html
 import io
 import json
 import re
@@ -21,7 +23,9 @@ from typing import Any
 import pytest
 from scapy.utils import wrpcap
 
-from douane.daemon.cli import default_policy_path
+from douane.daemon.cli import Replay, default_policy_path
+from douane.daemon.collector import CollectorConfig, FlowCollector
+from douane.daemon.config import load_config
 from douane.daemon.demo_capture import client_hello, dicom_associate_rq, tcp_session
 from douane.daemon.report import (
     REGISTER_COLUMNS,
@@ -33,6 +37,7 @@ from douane.daemon.report import (
     render_html,
     summary_lines,
 )
+from douane.daemon.report_i18n import TEXT
 
 DOUANE = [sys.executable, "-m", "douane.daemon.cli"]
 AZURE_FR, OVH_FR, GOOGLE = "20.199.120.7", "51.178.64.10", "142.250.179.110"
@@ -118,6 +123,41 @@ def months(tmp_path_factory: pytest.TempPathFactory) -> Path:
     p += tcp_session("10.20.0.15", AZURE_FR, 50106, 104, at("2026-09-01"),
                      dicom_associate_rq("PACS", "ARCHIVE"), 5_000, 1_000)
     return replay(tmp_path_factory.mktemp("months"), p)
+
+
+def netflow5_sampled(src: str, sport: int, dst: str, dport: int, when: float, packets: int,
+                     octets: int, interval: int) -> bytes:
+    """A NetFlow v5 datagram (Cisco's v5 format) of one TCP record from an exporter sampling 1 packet
+    in `interval`: header (version, count, sysUpTime ms, secs, nsecs, sequence, engine type and id,
+    sampling mode 01 and interval), then the record (addresses, next hop, interfaces, packets,
+    octets, first and last in sysUpTime ms, ports, pad, flags, protocol, tos, AS numbers, masks)."""
+    header = struct.pack("!HHIIIIBBH", 5, 1, 100_000, int(when), 0, 0, 0, 0, 0x4000 | interval)
+    record = struct.pack("!4s4s4xHHIIIIHHxBBB8x", bytes(map(int, src.split("."))),
+                         bytes(map(int, dst.split("."))), 0, 0, packets, octets, 99_000, 99_500,
+                         sport, dport, 0x1B, 6, 0)
+    return header + record
+
+
+@pytest.fixture(scope="module")
+def sampled(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The PACS's DICOM association to Azure France on 2026-11-10, captured (exact counts), and a
+    firewall's NetFlow v5 record of another one that day, sampled 1 packet in 100 (estimates)."""
+    folder = tmp_path_factory.mktemp("sampled")
+    evidence = replay(folder, tcp_session("10.20.0.15", AZURE_FR, 50100, 104, at("2026-11-10"),
+                                          dicom_associate_rq("PACS", "ARCHIVE"), 20_000, 1_000))
+    config = dataclasses.replace(load_config(str(folder / "douane.yaml")), evidence_path=evidence)
+    daemon = Replay.build(config, source="collector")
+    assert daemon.evidence is not None
+    daemon.geo.start()
+    daemon.evidence.start()
+    collector = FlowCollector(CollectorConfig(exporters=("192.0.2.1",)), daemon.pipeline.on_close)
+    try:
+        datagram = netflow5_sampled("10.20.0.15", 50200, AZURE_FR, 104, at("2026-11-10", 11),
+                                    packets=30, octets=40_000, interval=100)
+        assert collector.handle(datagram, "192.0.2.1", at("2026-11-10", 11)) == 1
+    finally:
+        daemon.evidence.stop()
+    return evidence
 
 
 @pytest.fixture(scope="module")
@@ -321,6 +361,39 @@ class TestRegister:
         page = render_html(data, "en", today=date(2100, 1, 1))
         assert '<span class="expired">(expired 2099-06-30)</span>' in page
         assert "(expires 2099-06-30)" in render_html(data, "en", today=date(2026, 12, 1))
+
+
+class TestSampled:
+    def test_register_counts_sampled_flows(self, sampled: Path) -> None:
+        """The register row and the summary say how many of their flows have estimated volumes."""
+        data = report_json(sampled, "--since", "2026-11-10", "--until", "2026-11-10")
+        ((estimated, volume),) = sql(sampled, "SELECT count(*), sum(bytes_out) FROM flagged_flow "
+                                     "WHERE sampling_interval = 100")
+        assert (estimated, volume) == (1, 4_000_000)  # 40,000 sampled bytes, times 100
+        (row,) = data["register"]
+        assert (row["category"], row["flows"], row["sampled_flows"]) == ("health", 2, 1)
+        assert data["summary"]["sampled_flows"] == 1
+
+    def test_page_marks_estimates(self, sampled: Path, months: Path) -> None:
+        """Volumes that include estimates carry ≈ with a legend and a summary line; exact ones do not."""
+        for lang, words in (("en", "1 of these flows come from sampled flow records"),
+                            ("fr", "1 de ces flux viennent d'enregistrements de flux échantillonnés")):
+            result = report(sampled, "--since", "2026-11-10", "--until", "2026-11-10", "--lang", lang)
+            assert result.returncode == 0, result.stderr
+            page = html.unescape(result.stdout)
+            body = page.split("<tbody>", 1)[1].split("</tbody>", 1)[0]
+            assert body.count('<td class="n">≈\u202f') == 2  # sent and received
+            assert TEXT[lang]["sampled_legend"] in page
+            assert words in summary_html(page)
+        exact = report(months, "--since", "2026-11-01", "--until", "2026-11-28")
+        assert exact.returncode == 0 and "≈" not in exact.stdout
+
+    def test_csv_column(self, sampled: Path) -> None:
+        """The CSV register has the count of sampled flows per row."""
+        result = report(sampled, "--since", "2026-11-10", "--until", "2026-11-10", "--format", "csv")
+        assert result.returncode == 0, result.stderr
+        (row,) = csv.DictReader(io.StringIO(result.stdout, newline=""))
+        assert (row["flows"], row["sampled_flows"]) == ("2", "1")
 
 
 class TestStores:
