@@ -46,19 +46,22 @@ class DnsCache:
         The entry replaces any earlier one for the same key and lives min(max(ttl, min_ttl),
         max_ttl) seconds.
         """
-        if ttl < self.min_ttl:
-            ttl = self.min_ttl
-        elif ttl > self.max_ttl:
-            ttl = self.max_ttl
-        value = (name, now + ttl)
+        self.add_all(client, [(address, name, ttl)], now)
+
+    def add_all(self, client: bytes | None, answers: list[tuple[bytes, str, int]], now: float) -> None:
+        """`add` for each (address, name, ttl) of one DNS answer, in order (one call per answer
+        on the packet path, not one per address)."""
         entries = self._entries
-        key: tuple[bytes | None, bytes] = (None, address)
-        entries[key] = value
-        entries.move_to_end(key)  # most recent write is the last to go
-        if client is not None:
-            key = (client, address)
+        min_ttl, max_ttl = self.min_ttl, self.max_ttl
+        for address, name, ttl in answers:
+            value = (name, now + (min_ttl if ttl < min_ttl else max_ttl if ttl > max_ttl else ttl))
+            key: tuple[bytes | None, bytes] = (None, address)
             entries[key] = value
             entries.move_to_end(key)
+            if client is not None:
+                key = (client, address)
+                entries[key] = value
+                entries.move_to_end(key)
         while len(entries) > self.max_entries:
             entries.popitem(last=False)
 

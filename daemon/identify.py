@@ -170,6 +170,9 @@ class Identify:
         payload = buf[pay:end]
         try:
             if flow.proto == PROTO_UDP:
+                if state.resolver:  # most flows of a gateway, two packets each: the short way
+                    self._dns_message(flow, state, outward, payload, ts)
+                    return
                 if state.plain:
                     self._keep(state, outward, None, payload)
                 self._udp(flow, state, outward, payload, ts)
@@ -263,10 +266,8 @@ class Identify:
     def _learn(
         self, flow: Flow, question: str | None, addresses: list[tuple[bytes, str, int]], ts: float
     ) -> None:
-        client = flow.src  # the opener asked: the answer is for it
-        add = self.dns_cache.add
-        for address, name, ttl in addresses:
-            add(client, address, name, ttl, ts)
+        if addresses:
+            self.dns_cache.add_all(flow.src, addresses, ts)  # the opener asked: the answer is for it
         if flow.hostname is None and question is not None:
             flow.hostname = question
             flow.hostname_source = "dns_query"

@@ -153,7 +153,7 @@ def client_keys(version: int, dcid: bytes) -> tuple[bytes, bytes, bytes]:
 
 
 @lru_cache(maxsize=1024)
-def _ciphers(version: int, dcid: bytes) -> tuple[AESGCM, bytes, CipherContext]:
+def _ciphers(version: int, dcid: bytes) -> tuple[AESGCM, int, CipherContext]:
     """Keyed ciphers per (version, DCID): a client's Initials reuse them, so derive them once.
 
     Bounded, so random DCIDs cost a derivation each but no memory.
@@ -162,7 +162,8 @@ def _ciphers(version: int, dcid: bytes) -> tuple[AESGCM, bytes, CipherContext]:
     # RFC 9001 5.4.3: header protection is AES in ECB mode on a single 16-byte sample. ECB keeps
     # no state between blocks, so one encryptor serves every sample (making one costs more than
     # the encryption itself).
-    return AESGCM(key), iv, Cipher(algorithms.AES(hp), modes.ECB()).encryptor()  # noqa: S305
+    iv_int = int.from_bytes(iv, "big")  # the nonce is made from it for every packet
+    return AESGCM(key), iv_int, Cipher(algorithms.AES(hp), modes.ECB()).encryptor()  # noqa: S305
 
 
 def parse_initials(datagram: bytes, original_dcid: bytes | None = None) -> list[QuicInitial]:
@@ -263,14 +264,15 @@ def _decrypt(datagram: bytes, start: int, pn_offset: int, end: int, first: int, 
     mask = hp.update(datagram[sample_at : sample_at + SAMPLE])
     first ^= mask[0] & 0x0F  # RFC 9001 5.4.1: long header, 4 low bits protected
     pn_len = (first & 0x03) + 1
-    pn_bytes = bytes(b ^ m for b, m in zip(datagram[pn_offset : pn_offset + pn_len], mask[1:], strict=False))
-    pn = int.from_bytes(pn_bytes, "big")
+    protected = int.from_bytes(datagram[pn_offset : pn_offset + pn_len], "big")
+    pn = protected ^ int.from_bytes(mask[1 : 1 + pn_len], "big")
+    pn_bytes = pn.to_bytes(pn_len, "big")
     if end - pn_offset - pn_len < TAG:
         raise malformed("quic payload shorter than the tag")
     header = bytes([first]) + datagram[start + 1 : pn_offset] + pn_bytes
     # RFC 9001 5.3: the nonce is the IV xor the packet number (a client's first Initials number
     # from 0, so the truncated number is the full one).
-    nonce = (int.from_bytes(iv, "big") ^ pn).to_bytes(12, "big")
+    nonce = (iv ^ pn).to_bytes(12, "big")
     try:
         payload = aead.decrypt(nonce, datagram[pn_offset + pn_len : end], header)
     except InvalidTag:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from douane.daemon.dnscache import DnsCache
 
@@ -112,3 +114,30 @@ class TestDnsCache:
             DnsCache(min_ttl=100, max_ttl=10)
         with pytest.raises(ValueError, match="min_ttl"):
             DnsCache(min_ttl=-1)
+
+
+class TestAddAll:
+    @given(
+        max_entries=st.integers(2, 6),
+        batches=st.lists(
+            st.tuples(
+                st.sampled_from([None, CLIENT, CLIENT2]),
+                st.lists(st.tuples(st.integers(0, 5), st.sampled_from(["a.example", "b.example"]),
+                                   st.integers(0, 200_000)), max_size=5),
+            ),
+            max_size=8,
+        ),
+    )
+    def test_same_as_one_add_per_address(
+        self, max_entries: int, batches: list[tuple[bytes | None, list[tuple[int, str, int]]]]
+    ) -> None:
+        """One answer's addresses added at once leave the cache as adding them one by one does."""
+        one_by_one = DnsCache(max_entries=max_entries)
+        at_once = DnsCache(max_entries=max_entries)
+        for step, (client, answers) in enumerate(batches):
+            rows = [(bytes([10, 0, 0, a]), name, ttl) for a, name, ttl in answers]
+            for address, name, ttl in rows:
+                one_by_one.add(client, address, name, ttl, T0 + step)
+            at_once.add_all(client, rows, T0 + step)
+            assert len(at_once) <= max_entries
+        assert list(at_once._entries.items()) == list(one_by_one._entries.items())
