@@ -15,6 +15,7 @@ outlives it, and a week-long one would keep stale names.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 
 
 class DnsCache:
@@ -48,7 +49,7 @@ class DnsCache:
         """
         self.add_all(client, [(address, name, ttl)], now)
 
-    def add_all(self, client: bytes | None, answers: list[tuple[bytes, str, int]], now: float) -> None:
+    def add_all(self, client: bytes | None, answers: Sequence[tuple[bytes, str, float]], now: float) -> None:
         """`add` for each (address, name, ttl) of one DNS answer, in order (one call per answer
         on the packet path, not one per address)."""
         entries = self._entries
