@@ -251,6 +251,12 @@ def parse_config(data: Any, source: str) -> Config:
         collector=collector,
         workers=r.take(cap, "capture", "workers", _positive_int, 1),
     )
+    if capture.workers > 1 and collector is not None:
+        # Workers share flows by hash, so each sees a part of the DNS answers and none could name
+        # collected flows; and a collector beside them would be one more pipeline to merge.
+        raise ConfigError(source, "capture.workers",
+                          "1 when capture.collector is set (the collector runs in the one capture "
+                          "process, whose DNS answers name its flows)", capture.workers)
 
     fl = r.mapping(top.get("flows"), "flows")
     defaults = FlowConfig()
@@ -349,6 +355,28 @@ def parse_config(data: Any, source: str) -> Config:
                          "info"),
         log_format=r.take(lg, "logging", "format", _choice("auto", "json", "console"), "auto"),
     )
+
+
+def check_sources(config: Config, live: bool = True) -> None:
+    """What the daemon needs to start: flows from somewhere. Raises ConfigError.
+
+    `live`: `douane run`, which captures on capture.interface, collects flow records from
+    capture.collector, or both; otherwise `douane collect`, which only collects. Not part of
+    `parse_config`: replay, report, lookup and check read the same file and need no source.
+    """
+    collector = config.capture.collector
+    if collector is None:
+        if live and not config.capture.interfaces:
+            raise ConfigError(config.source, "capture",
+                              "capture.interface (the interfaces to capture on), capture.collector "
+                              "(NetFlow/IPFIX from exporters), or both")
+        if not live:
+            raise ConfigError(config.source, "capture.collector",
+                              "the collector's settings (listen, exporters)")
+        return
+    if not collector.exporters:
+        raise ConfigError(config.source, "capture.collector.exporters",
+                          "the addresses of the exporters to accept")
 
 
 def load_config(path: str | Path | None) -> Config:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from douane.daemon.config import Config, ConfigError, load_config, parse_config
+from douane.daemon.config import Config, ConfigError, check_sources, load_config, parse_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -109,3 +109,54 @@ class TestErrors:
         """A file whose top level is a list is refused."""
         with pytest.raises(ConfigError, match="mapping"):
             parse_config(["capture"], "x.yaml")
+
+
+COLLECTOR = {"listen": "127.0.0.1:2055", "exporters": ["192.0.2.1"]}
+
+
+class TestSources:
+    """What `douane run` and `douane collect` need before they start (check_sources)."""
+
+    @pytest.mark.parametrize("capture", [
+        {"interface": "eth1"},
+        {"collector": COLLECTOR},
+        {"interface": "eth1", "collector": COLLECTOR},
+        {"interface": "eth1", "workers": 4},
+    ], ids=["capture", "collector", "both", "workers"])
+    def test_run_accepts(self, capture: dict[str, object]) -> None:
+        """`douane run` runs live capture, the collector, or both."""
+        check_sources(parse_config({"capture": capture}, "x.yaml"))
+
+    @pytest.mark.parametrize(("capture", "live", "key", "expected"), [
+        ({}, True, "capture", "capture.interface (the interfaces to capture on), capture.collector"),
+        ({"interface": "eth1"}, False, "capture.collector", "the collector's settings"),
+        ({"collector": {"listen": "127.0.0.1:2055"}}, True, "capture.collector.exporters",
+         "the addresses of the exporters"),
+        ({"interface": "eth1", "collector": None}, True, "capture.collector.exporters",
+         "the addresses of the exporters"),
+    ], ids=["run-neither", "collect-no-collector", "no-exporters", "empty-collector"])
+    def test_refused(self, capture: dict[str, object], live: bool, key: str, expected: str) -> None:
+        """No flow source, or a collector that would refuse every datagram: refused, naming the
+        file, the key and the expectation."""
+        config = parse_config({"capture": capture}, "x.yaml")
+        with pytest.raises(ConfigError) as info:
+            check_sources(config, live=live)
+        assert (info.value.key, str(info.value).startswith("x.yaml: key")) == (key, True)
+        assert expected in str(info.value)
+
+    def test_collect_ignores_interface(self) -> None:
+        """`douane collect` needs only the collector, whatever capture.interface says."""
+        check_sources(parse_config({"capture": {"interface": "eth1", "collector": COLLECTOR}}, "x.yaml"),
+                      live=False)
+
+    def test_workers_with_collector_refused(self, tmp_path: Path) -> None:
+        """capture.workers above 1 with a collector is refused when the file is read (so by
+        `douane check` and on SIGHUP too): the workers each see a part of the DNS answers."""
+        path = tmp_path / "douane.yaml"
+        path.write_text("capture:\n  interface: eth1\n  workers: 2\n  collector:\n"
+                        "    exporters: [192.0.2.1]\n", encoding="utf-8")
+        with pytest.raises(ConfigError) as info:
+            load_config(path)
+        assert info.value.key == "capture.workers"
+        assert "expected 1 when capture.collector is set" in str(info.value)
+        assert str(path) in str(info.value)
