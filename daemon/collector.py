@@ -17,6 +17,7 @@ with both directions' counters.
 from __future__ import annotations
 
 import ipaddress
+import select
 import socket
 import threading
 import time
@@ -41,6 +42,13 @@ log = structlog.get_logger("douane.collector")
 
 MAX_DATAGRAM = 65_535
 POLL_SECONDS = 0.5  # the receive loop's wake-up: held data expiry and the caller's on_idle
+# Datagrams read per wake-up of a loop shared with live capture: a flood of export datagrams
+# cannot hold the capture ring back longer than this (the socket stays readable, the next wake-up
+# reads on). A full receive buffer shows up as sequence gaps.
+DRAIN_BUDGET = 256
+# On SIGTERM, what the kernel already holds is declared before the socket closes: at most this
+# many datagrams (a buffer of net.core.rmem_max = 8 MiB holds about 6,000 of 1,400 bytes).
+FINAL_DRAIN = 65_536
 
 
 @dataclass(frozen=True)
@@ -121,13 +129,18 @@ class FlowCollector:
                  clock: Callable[[], float] = time.time) -> None:
         self.config = config
         self.decoder = Decoder(config.decoder)
-        self.allowed = frozenset(normalise_address(a) for a in config.exporters)
+        self.allowed: frozenset[str] = frozenset()
         self.refused = 0  # datagrams from addresses not listed
         self.errors = 0  # datagrams that broke something other than the decoder's contract
         self._on_flow = on_flow
         self._clock = clock
         self._internal = InternalNetworks(config.internal)
         self._sock: socket.socket | None = None
+        self.allow(config.exporters)
+
+    def allow(self, exporters: tuple[str, ...]) -> None:
+        """The exporters to accept from now on (at start, and on SIGHUP)."""
+        self.allowed = frozenset(normalise_address(a) for a in exporters)
         for exporter in sorted(self.allowed):
             self.decoder.exporter_stats(exporter)  # every listed exporter's series from zero
 
@@ -148,11 +161,18 @@ class FlowCollector:
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
             sock.bind((host, int(port)))
-            sock.settimeout(POLL_SECONDS)
+            # Read only when poll() says so (here or in the capture loop): never blocks the loop.
+            sock.setblocking(False)
         except OSError:
             sock.close()
             raise
         self._sock = sock
+
+    def fileno(self) -> int:
+        """The UDP socket's descriptor, for a poll loop shared with capture."""
+        if self._sock is None:
+            raise RuntimeError("collector not started")
+        return self._sock.fileno()
 
     def stop(self) -> None:
         if self._sock is not None:
@@ -184,33 +204,48 @@ class FlowCollector:
                 declared += 1
         return declared
 
-    def _failed(self, exporter: str) -> None:
+    def _failed(self, exporter: str | None, event: str = "collector_datagram_failed") -> None:
         self.errors += 1
         if self.errors <= 10 or self.errors % 1000 == 0:
-            log.exception("collector_datagram_failed", exporter=exporter)
+            log.exception(event, exporter=exporter)
+
+    def drain(self, budget: int = DRAIN_BUDGET) -> int:
+        """Every datagram waiting on the socket, `budget` at most, handled. Returns how many."""
+        sock = self._sock
+        if sock is None:
+            return 0
+        now = self._clock()
+        received = 0
+        while received < budget:
+            try:
+                data, peer = sock.recvfrom(MAX_DATAGRAM)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:  # not the datagram's doing (ENOMEM, a closed socket): logged, retried later
+                self._failed(None, "collector_receive_failed")
+                break
+            received += 1
+            self.handle(data, normalise_address(peer[0]), now)
+        return received
+
+    def expire(self, now: float) -> None:
+        """Data sets held too long for their template are dropped (and counted)."""
+        self.decoder.expire(now)
 
     def serve(self, stop: threading.Event,
               on_idle: Callable[[float], None] | None = None) -> None:
         """Receive until `stop` is set; `on_idle(now)` runs at least every POLL_SECONDS."""
-        sock = self._sock
-        if sock is None:
+        if self._sock is None:
             raise RuntimeError("collector not started")
+        poller = select.poll()
+        poller.register(self._sock.fileno(), select.POLLIN)
         next_idle = 0.0
-        while not stop.is_set():
-            try:
-                data, peer = sock.recvfrom(MAX_DATAGRAM)
-            except TimeoutError:
-                data = b""
-                peer = None
-            except OSError:
-                if stop.is_set() or self._sock is None:
-                    return
-                raise
+        while not stop.is_set() and self._sock is not None:
+            if poller.poll(POLL_SECONDS * 1000):
+                self.drain()
             now = self._clock()
-            if peer is not None:
-                self.handle(data, normalise_address(peer[0]), now)
             if now >= next_idle:
-                self.decoder.expire(now)
+                self.expire(now)
                 if on_idle is not None:
                     on_idle(now)
                 next_idle = now + POLL_SECONDS

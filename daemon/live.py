@@ -5,7 +5,7 @@ By default each socket has a memory-mapped TPACKET_V3 receive ring (packet(7)): 
 blocks of frames and douane takes a whole block at once, with no system call per packet. Each block
 becomes the same (buffer, records) batch a pcap file gives, so dissection, flows and everything after
 them are the replay's code. `ring: false` falls back to one `recv_into` per frame. PACKET_FANOUT
-workers are the next step (issue 6).
+shares the interfaces between worker processes (workers.py).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import select
 import socket
 import struct
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from threading import Event
@@ -154,14 +154,24 @@ class LiveCapture:
             self.kernel_drops += layout.unpack(raw)[1]
         return self.kernel_drops
 
-    def batches(self, stop: Event, on_idle: Callable[[float], None]) -> Iterator[Batch]:
-        """Batches of frames until `stop` is set; `on_idle(now)` runs at least every poll period."""
+    def batches(self, stop: Event, on_idle: Callable[[float], None],
+                readers: Mapping[int, Callable[[float], object]] | None = None) -> Iterator[Batch]:
+        """Batches of frames until `stop` is set; `on_idle(now)` runs at least every poll period.
+
+        `readers` maps other file descriptors (the flow collector's UDP socket) to a call made with
+        `now` when they are readable, on this thread, after the frames of the same wake-up: the
+        pipeline and its caches are not shared across threads, and a DNS answer captured before a
+        flow record is then known when the record is named.
+        """
         config = self.config
         poller = select.poll()
         by_fd = {}
         for sock, linktype in self._sockets:
             poller.register(sock.fileno(), select.POLLIN)
             by_fd[sock.fileno()] = (sock, linktype)
+        others = dict(readers or {})
+        for fd in others:
+            poller.register(fd, select.POLLIN)
         snaplen = config.snaplen
         size = config.batch_bytes
         last_idle = time.time()
@@ -171,7 +181,12 @@ class LiveCapture:
             if not ready or now - last_idle >= config.poll_seconds:
                 on_idle(now)
                 last_idle = now
+            ready.sort(key=lambda item: item[0] in others)  # capture first
             for fd, _events in ready:
+                reader = others.get(fd)
+                if reader is not None:
+                    reader(now)
+                    continue
                 sock, linktype = by_fd[fd]
                 if fd in self._rings:
                     yield from self._blocks(fd, linktype)

@@ -33,6 +33,7 @@ from douane.daemon.collector import (
 )
 from douane.daemon.config import Config, ConfigError, parse_config
 from douane.daemon.flows import DEFAULT_INTERNAL, Flow, InternalNetworks
+from douane.daemon.live import LiveCapture, LiveConfig
 from douane.daemon.netflow import FlowRecord
 from douane.daemon.pcapfile import open_capture
 from douane.geo.lookup import GeoDatabases
@@ -207,6 +208,60 @@ class TestFlowCollector:
             thread.join(timeout=5)
             collector.stop()
         assert len(flows) == 2 and not thread.is_alive()
+
+    def test_drain_reads_what_waits(self) -> None:
+        """drain() reads the datagrams waiting on the socket, `budget` at most, and returns at once
+        when none waits (the capture loop calls it when poll says the socket is readable)."""
+        collector, flows = self.make()
+        collector.start()
+        try:
+            assert collector.drain() == 0  # nothing waiting: no block
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+                for _ in range(3):
+                    sender.sendto(V5, collector.address)
+            received = 0
+            deadline = time.monotonic() + 5
+            while received < 2 and time.monotonic() < deadline:
+                received += collector.drain(budget=2 - received)
+            assert received == 2  # the budget: one datagram still waits
+            while received < 3 and time.monotonic() < deadline:
+                received += collector.drain()
+        finally:
+            collector.stop()
+        assert (received, len(flows)) == (3, 6)
+        assert collector.drain() == 0  # stopped: nothing to read
+
+    def test_allow_reloads_exporters(self) -> None:
+        """allow() replaces the allow-list (SIGHUP): a newly listed exporter is accepted, with its
+        series from zero, and one no longer listed is refused."""
+        collector, flows = self.make()
+        collector.allow(("192.0.2.1",))
+        assert collector.handle(V5, LOOPBACK, T) == 0
+        assert collector.handle(V5, "192.0.2.1", T) == 2
+        assert (collector.refused, len(flows)) == (1, 2)
+        collector.allow(("192.0.2.1", "192.0.2.2"))
+        assert collector.decoder.stats["192.0.2.2"].datagrams == 0
+
+
+class TestLiveReaders:
+    def test_reader_called_on_the_capture_loop(self) -> None:
+        """The capture loop polls extra descriptors (the collector's socket) and calls their reader
+        on its own thread, the one that declares captured flows."""
+        capture = LiveCapture(LiveConfig((), poll_seconds=0.05))
+        stop = threading.Event()
+        calls: list[str] = []
+        reader, writer = socket.socketpair()
+        with reader, writer:
+            writer.send(b"x")
+
+            def read(_now: float) -> None:
+                calls.append(threading.current_thread().name)
+                reader.recv(16)
+                stop.set()
+
+            batches = list(capture.batches(stop, lambda _now: None, {reader.fileno(): read}))
+        assert batches == []
+        assert calls == [threading.current_thread().name]
 
 
 # --- sampled records: counters scaled up, and the record says so -------------------------------------
