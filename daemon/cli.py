@@ -25,12 +25,13 @@ from prometheus_client import CollectorRegistry, generate_latest, start_http_ser
 from douane.daemon import __version__
 from douane.daemon.categories import service_category_stage, zone_stage
 from douane.daemon.collector import CollectorMetrics, FlowCollector
-from douane.daemon.config import Config, ConfigError, load_config
+from douane.daemon.config import Config, ConfigError, check_sources, load_config
+from douane.daemon.dnsnames import DnsNames
 from douane.daemon.evidence import EvidenceConfig, EvidenceError, EvidenceStore, evidence_log_sink
 from douane.daemon.explain import run_lookup
 from douane.daemon.flows import FlowTable
 from douane.daemon.identify import Identify
-from douane.daemon.live import CaptureError, LiveCapture, LiveConfig
+from douane.daemon.live import LiveCapture, LiveConfig
 from douane.daemon.logsetup import configure_logging
 from douane.daemon.metrics import OTHER, UNKNOWN, DaemonCollector, GeoDatabaseStatus, Metrics
 from douane.daemon.notify import Notifier
@@ -39,6 +40,7 @@ from douane.daemon.pipeline import Pipeline, Record, geo_stage, service_stage
 from douane.daemon.policy import Policy, policy_stage
 from douane.daemon.pseudonym import Pseudonymiser
 from douane.daemon.report import add_parser as add_report_parser
+from douane.daemon.runner import Hooks, Runner, StartError
 from douane.daemon.summary import Summary
 from douane.daemon.workers import run_workers
 from douane.geo.jurisdiction import load_jurisdictions, make_jurisdiction_stage
@@ -87,6 +89,7 @@ class Replay:
     summary: Summary
     geo_ready: bool = False
     evidence: EvidenceStore | None = None
+    identify: Identify | None = None  # its DNS cache names collected flows under `douane run`
 
     @classmethod
     def build(
@@ -104,7 +107,8 @@ class Replay:
         pipeline.sinks.extend(evidence_sinks)
         identify = Identify(config.identify)
         table = FlowTable(config.flows, pipeline.on_close, pipeline.on_update, identify)
-        replay = cls(config, registry, metrics, geo, pipeline, table, summary, geo_ready, evidence)
+        replay = cls(config, registry, metrics, geo, pipeline, table, summary, geo_ready, evidence,
+                     identify)
         registry.register(
             DaemonCollector(
                 table_stats=lambda: (
@@ -336,15 +340,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """Live capture until SIGTERM/SIGINT; SIGHUP reloads configuration, policy and databases."""
+    """The daemon: live capture on capture.interface, flow records from capture.collector, or both,
+    until SIGTERM/SIGINT; SIGHUP reloads configuration, policy, databases and the exporters list."""
     config = load_config(args.config)
     configure_logging(config.log_level, config.log_format)
-    if not config.capture.interfaces:
-        print(f"douane run: {config.source}: key 'capture.interface': expected the interface(s) "
-              "to capture on", file=sys.stderr)
+    try:
+        check_sources(config)
+    except ConfigError as exc:
+        print(f"douane run: {exc}", file=sys.stderr)
         return EXIT_USAGE
     worker = args.worker_of is not None
     if config.capture.workers > 1 and not worker:
+        # A collector beside workers is refused by the configuration (config.py).
         _, store = evidence_parts(config)
         if store is not None:
             # Created (and migrated) once here, so the workers only open it.
@@ -360,141 +367,62 @@ def cmd_run(args: argparse.Namespace) -> int:
         sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
         config = dataclasses.replace(config, exporter_listen=args.exporter, exporter_cert=None,
                                      exporter_key=None, exporter_client_ca=None)
-    sinks = [_json_sink(sys.stdout)] if args.json else []
-    daemon = Replay.build(config, sinks, source="live")
-    live = LiveCapture(LiveConfig(config.capture.interfaces, config.capture.bpf,
-                                  fanout_group=args.worker_of))
-    notifier = Notifier() if not worker else Notifier("")  # workers: the parent speaks to systemd
-    stop, reload = threading.Event(), threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    signal.signal(signal.SIGHUP, lambda *_: reload.set())
-    try:
-        live.start()
-        if daemon.evidence is not None:
-            daemon.evidence.start()
-    except (CaptureError, EvidenceError) as exc:
-        print(f"douane run: {exc}", file=sys.stderr)
-        live.stop()
-        return EXIT_USAGE
-    daemon.geo.start()
-    tune_gc()
-    try:
-        server, thread = start_exporter(config, daemon.registry)
-    except (OSError, ssl.SSLError) as exc:
-        print(f"douane run: exporter on {config.exporter_listen}: {exc}", file=sys.stderr)
-        live.stop()
-        return EXIT_USAGE
-    table, metrics = daemon.table, daemon.metrics
-
-    def on_idle(now: float) -> None:
-        table.tick(now)
-        table.stats.dropped["kernel"] = live.drops()
-        notifier.beat()
-        if reload.is_set():
-            reload.clear()
-            reload_config()
-
-    def reload_config() -> None:
-        notifier.send("RELOADING=1")
-        try:
-            fresh = load_config(args.config)
-            geo = GeoDatabases(geo_config(fresh))
-            geo.start()
-            stages = build_stages(fresh, geo, metrics)
-        except ConfigError as exc:
-            # A bad file never replaces a working one: the daemon goes on with what it had.
-            metrics.config_reload.labels("failure").inc()
-            log.error("config_reload_refused", error=str(exc))
-        else:
-            daemon.pipeline.stages = stages
-            daemon.geo = geo
-            metrics.config_reload.labels("success").inc()
-            if fresh.capture != config.capture or fresh.flows != config.flows:
-                log.warning("config_reload_partial",
-                            detail="capture and flows settings apply at the next restart")
-            log.info("config_reloaded", source=fresh.source)
-        notifier.send("READY=1")
-
-    notifier.send("READY=1", f"STATUS=capturing on {', '.join(config.capture.interfaces)}")
-    log.info("capture_started", interfaces=list(config.capture.interfaces), bpf=config.capture.bpf,
-             exporter=config.exporter_listen)
-    try:
-        table.ingest_batches(live.batches(stop, on_idle))
-    finally:
-        notifier.send("STOPPING=1")
-        # SIGTERM: every active flow is declared (metrics, evidence) before the process exits.
-        table.stats.dropped["kernel"] = live.drops()
-        live.stop()
-        table.flush()
-        if daemon.evidence is not None:
-            daemon.evidence.stop()
-        sys.stdout.flush()
-        server.shutdown()
-        thread.join(timeout=5)
-        log.info("capture_stopped", packets=table.stats.packets, flows=table.stats.flows_created)
-    return EXIT_OK
+    return run_daemon(args, config, "douane run", capture=True)
 
 
 def cmd_collect(args: argparse.Namespace) -> int:
-    """NetFlow v5/v9 and IPFIX from the listed exporters (capture.collector) until SIGTERM/SIGINT.
-
-    A command of its own rather than a part of `douane run`: the live capture loop owns its thread
-    and the pipeline is not shared across threads. Configuration is read once (restart to change).
-    """
+    """NetFlow v5/v9 and IPFIX from the listed exporters (capture.collector) until SIGTERM/SIGINT:
+    `douane run` with the collector alone, whatever capture.interface says."""
     config = load_config(args.config)
     configure_logging(config.log_level, config.log_format)
-    settings = config.capture.collector
-    if settings is None or not settings.exporters:
-        print(f"douane collect: {config.source}: key 'capture.collector.exporters': expected the "
-              "addresses of the exporters to accept", file=sys.stderr)
+    try:
+        check_sources(config, live=False)
+    except ConfigError as exc:
+        print(f"douane collect: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    return run_daemon(args, config, "douane collect", capture=False)
+
+
+def run_daemon(args: argparse.Namespace, config: Config, command: str, capture: bool) -> int:
+    """Wires the sources the configuration names (`capture`: live capture too, when an interface is
+    configured) to one pipeline and runs them (runner.py) until SIGTERM."""
     sinks = [_json_sink(sys.stdout)] if args.json else []
-    daemon = Replay.build(config, sinks, source="collector")
-    collector = FlowCollector(settings, daemon.pipeline.on_close)
-    daemon.registry.register(CollectorMetrics(collector))
-    notifier = Notifier()
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    try:
-        collector.start()
-        if daemon.evidence is not None:
-            daemon.evidence.start()
-    except (OSError, EvidenceError) as exc:
-        print(f"douane collect: {settings.listen}: {exc}", file=sys.stderr)
-        collector.stop()
-        return EXIT_USAGE
-    daemon.geo.start()
-    tune_gc()
-    try:
-        server, thread = start_exporter(config, daemon.registry)
-    except (OSError, ssl.SSLError) as exc:
-        print(f"douane collect: exporter on {config.exporter_listen}: {exc}", file=sys.stderr)
-        collector.stop()
-        return EXIT_USAGE
+    live_on = capture and bool(config.capture.interfaces)
+    daemon = Replay.build(config, sinks, source="live" if live_on else "collector")
+    live = None
+    if live_on:
+        live = LiveCapture(LiveConfig(config.capture.interfaces, config.capture.bpf,
+                                      fanout_group=args.worker_of))
+    collector = None
+    settings = config.capture.collector
+    if settings is not None:
+        on_flow = daemon.pipeline.on_close
+        if live is not None and daemon.identify is not None:
+            # Collected flows are named from the DNS answers this process captures.
+            on_flow = DnsNames(daemon.identify.dns_cache, on_flow)
+        collector = FlowCollector(settings, on_flow)
+        daemon.registry.register(CollectorMetrics(collector))
 
-    def on_idle(now: float) -> None:
-        daemon.table.tick(now)  # the metrics' clock (top destinations) follows the wall clock
-        notifier.beat()
+    def load() -> Config:
+        fresh = load_config(args.config)
+        check_sources(fresh, live=capture)
+        return fresh
 
-    bound = "{}:{}".format(*collector.address)
-    notifier.send("READY=1", f"STATUS=collecting on {bound}")
-    log.info("collector_started", listen=bound, exporters=list(settings.exporters),
-             protocols=list(settings.decoder.protocols), exporter=config.exporter_listen)
+    def rebuild(fresh: Config) -> tuple[list[Any], GeoDatabases]:
+        geo = GeoDatabases(geo_config(fresh))
+        geo.start()
+        return build_stages(fresh, geo, daemon.metrics), geo
+
+    # A worker of `capture.workers`: its parent speaks to systemd.
+    notifier = Notifier("") if getattr(args, "worker_of", None) is not None else Notifier()
+    runner = Runner(config, daemon, Hooks(load, rebuild, start_exporter, tune_gc), live, collector,
+                    notifier)
     try:
-        collector.serve(stop, on_idle)
-    finally:
-        notifier.send("STOPPING=1")
-        collector.stop()
-        if daemon.evidence is not None:
-            daemon.evidence.stop()
-        sys.stdout.flush()
-        server.shutdown()
-        thread.join(timeout=5)
-        stats = collector.decoder.stats
-        log.info("collector_stopped", records=sum(s.records for s in stats.values()),
-                 refused=collector.refused)
+        runner.start()
+    except StartError as exc:
+        print(f"{command}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    runner.serve()
     return EXIT_OK
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -267,3 +268,39 @@ class TestVersionAndErrors:
             result = douane(command, "--help")
             assert result.returncode == 0
             assert "usage: douane" in result.stdout
+
+
+class TestRunSources:
+    """`douane run` refuses, before capturing anything, a configuration that gives it no flows."""
+
+    @pytest.mark.parametrize(("text", "message"), [
+        ("exporter:\n  listen: 127.0.0.1:9742\n",
+         "key 'capture': expected capture.interface (the interfaces to capture on), "
+         "capture.collector (NetFlow/IPFIX from exporters), or both"),
+        ("capture:\n  collector:\n    listen: 127.0.0.1:2055\n",
+         "key 'capture.collector.exporters': expected the addresses of the exporters to accept"),
+        ("capture:\n  interface: eth1\n  workers: 2\n  collector:\n    exporters: [192.0.2.1]\n",
+         "key 'capture.workers': expected 1 when capture.collector is set"),
+    ], ids=["no-source", "no-exporters", "workers-and-collector"])
+    def test_refused(self, tmp_path: Path, text: str, message: str) -> None:
+        """No interface and no collector, a collector accepting no exporter, or workers beside a
+        collector: exit 2 with the file, the key and the expectation."""
+        config = tmp_path / "douane.yaml"
+        config.write_text(text, encoding="utf-8")
+        result = douane("run", "-c", str(config))
+        assert result.returncode == 2
+        assert f"{config}: {message}" in result.stderr
+        assert "Traceback" not in result.stderr
+
+    def test_collector_port_in_use(self, tmp_path: Path) -> None:
+        """A collector that cannot bind its port: exit 2 naming the address, nothing left running."""
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+            taken.bind(("127.0.0.1", 0))
+            port = taken.getsockname()[1]
+            config = tmp_path / "douane.yaml"
+            config.write_text(f"capture:\n  collector:\n    listen: 127.0.0.1:{port}\n"
+                              "    exporters: [127.0.0.1]\n", encoding="utf-8")
+            result = douane("run", "-c", str(config))
+        assert result.returncode == 2
+        assert f"douane run: collector on 127.0.0.1:{port}: Address already in use" in result.stderr
+        assert "Traceback" not in result.stderr

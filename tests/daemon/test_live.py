@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from scapy.layers.dns import DNS, DNSQR, DNSRR
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Dot1Q, Ether
@@ -276,3 +277,170 @@ class TestRun:
                                 capture_output=True, text=True, check=False, timeout=60)
         assert result.returncode == 2
         assert "nosuchif0" in result.stderr and "Traceback" not in result.stderr
+
+
+# --- `douane run` with the flow collector: beside capture, named from its DNS answers, or alone ------
+
+SOFTFLOWD = shutil.which("softflowd") or (
+    "/usr/sbin/softflowd" if Path("/usr/sbin/softflowd").exists() else None)
+COLLECTOR_PORT = 12055
+NAME = "hdh.blob.core.windows.net"
+UNNAMED = "198.51.100.7"
+# The gateway recipe (docs/collector.md): capture DNS only, take flow records from the firewall.
+DNS_AND_RECORDS = CONFIG.replace('  bpf: "not port 22"\n', f"""  bpf: "port 53"
+  collector:
+    listen: 127.0.0.1:{COLLECTOR_PORT}
+    exporters: [127.0.0.1]
+""")
+RECORDS_ONLY = DNS_AND_RECORDS.replace("  interface: dva\n", "").replace('  bpf: "port 53"\n', "")
+
+
+def dns_answer(client: str = "10.30.0.21", ident: int = 7) -> list[Any]:
+    """A client asks the resolver for NAME and is told AZURE."""
+    question = DNSQR(qname=NAME)
+    return [Ether() / IP(src=client, dst="10.0.0.53") / UDP(sport=40000 + ident, dport=53)
+            / DNS(id=ident, rd=1, qd=question),
+            Ether() / IP(src="10.0.0.53", dst=client) / UDP(sport=53, dport=40000 + ident)
+            / DNS(id=ident, qr=1, qd=question, an=DNSRR(rrname=NAME, type="A", ttl=300, rdata=AZURE))]
+
+
+def connections(*ends: tuple[str, int]) -> list[Any]:
+    """One TCP connection from 10.30.0.21 to each (address, client port), without any name in it
+    (a plain payload, no ClientHello): only a DNS answer can name it."""
+    packets = []
+    for dst, sport in ends:
+        packets += tcp_session("10.30.0.21", dst, sport, 443, START, b"p" * 200, 3_000, 1_000)
+    return packets
+
+
+def export(ns: str, tmp: Path, packets: list[Any], tag: str) -> None:
+    """softflowd in namespace `ns` reads `packets` (stamped the last two seconds: its 32-bit uptimes
+    cannot place older ones) and exports their flows as IPFIX to the collector, then exits."""
+    assert SOFTFLOWD is not None
+    now = time.time()
+    for index, packet in enumerate(packets):
+        packet.time = now - 2 + index * 0.001
+    pcap = tmp / f"{tag}.pcap"
+    wrpcap(str(pcap), packets)
+    # -d: foreground; -c none: no control socket.
+    subprocess.run(["ip", "netns", "exec", ns, SOFTFLOWD, "-r", str(pcap), "-n",
+                    f"127.0.0.1:{COLLECTOR_PORT}", "-v", "10", "-d", "-c", "none",
+                    "-p", str(tmp / f"{tag}.pid")], check=True, capture_output=True, timeout=30)
+
+
+def value(metrics: str, name: str, **labels: str) -> float:
+    """A sample's value in an exposition (0 when absent)."""
+    for family in text_string_to_metric_families(metrics):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return 0.0
+
+
+def wait_metric(daemon: Daemon, name: str, minimum: float, **labels: str) -> str:
+    """Scrapes until `name` reaches `minimum`; returns the last exposition."""
+    deadline = time.monotonic() + 30
+    while True:
+        metrics = daemon.metrics()
+        if value(metrics, name, **labels) >= minimum:
+            return metrics
+        assert time.monotonic() < deadline, f"{name} below {minimum}: {metrics}"
+        assert daemon.proc.poll() is None, daemon.err_path.read_text()
+        time.sleep(0.2)
+
+
+def records_to(records: list[dict[str, Any]], dst: str, sport: int) -> list[dict[str, Any]]:
+    return [r for r in records if r["dst"] == dst and r["sport"] == sport]
+
+
+@pytest.mark.skipif(SOFTFLOWD is None, reason="softflowd not installed (.ci/run installs it)")
+class TestRunWithCollector:
+    def test_collected_flows_named_from_captured_dns(self, namespaces: tuple[str, str],
+                                                     tmp_path: Path) -> None:
+        """Capturing only DNS while softflowd exports IPFIX records: a collected flow to the address
+        a captured answer named carries that name (`dns`) and its service and provider, is counted
+        by the one exporter, and SIGTERM declares both the open captured flow and the records the
+        kernel still held."""
+        a, b = namespaces
+        daemon = Daemon(a, tmp_path, DNS_AND_RECORDS)
+        daemon.wait_log("collector_started")
+        send(b, tmp_path, dns_answer())
+        wait_metric(daemon, "douane_dns_cache_entries", 2)  # the client's entry and the global one
+        export(a, tmp_path, connections((AZURE, 51000), (UNNAMED, 51001)), "first")
+        metrics = wait_metric(daemon, "douane_collector_records_total", 4, exporter="127.0.0.1")
+        # Records that arrive while the daemon is stopped, then SIGTERM: drained, not lost.
+        daemon.proc.send_signal(signal.SIGSTOP)
+        try:
+            export(a, tmp_path, connections((AZURE, 51002)), "last")
+            daemon.proc.send_signal(signal.SIGTERM)
+        finally:
+            daemon.proc.send_signal(signal.SIGCONT)
+        records = daemon.stop()
+        for sport in (51000, 51002):
+            named = records_to(records, AZURE, sport)
+            assert len(named) == 2, records  # one record per direction
+            assert {(r["hostname"], r["hostname_source"], r["service"], r["provider"])
+                    for r in named} == {(NAME, "dns", "azure-storage", "microsoft")}
+        unnamed = records_to(records, UNNAMED, 51001)
+        assert len(unnamed) == 2 and {r["hostname"] for r in unnamed} == {None}
+        # The captured DNS exchange was still open (idle timeout 60 s): SIGTERM declared it.
+        [dns] = [r for r in records if r["dport"] == 53]
+        assert (dns["src"], dns["packets_out"], dns["packets_in"]) == ("10.30.0.21", 1, 1)
+        # One exporter for both sources: the collected flow in the egress counters, captured
+        # packets beside the collector's records.
+        out = next(r for r in records_to(records, AZURE, 51000) if r["bytes_out"])
+        assert value(metrics, "douane_egress_bytes_total", provider="microsoft") == out["bytes_out"]
+        assert value(metrics, "douane_packets_total", source="live") == 2
+        assert value(metrics, "douane_collector_refused_datagrams_total") == 0
+        logs = daemon.logs()
+        assert [e["records"] for e in logs if e.get("event") == "collector_stopped"] == [6]
+        assert any(e.get("event") == "capture_stopped" for e in logs)
+
+    def test_sighup(self, namespaces: tuple[str, str], tmp_path: Path) -> None:
+        """A bad file on SIGHUP is refused and both sources go on; a good one applies, the
+        collector's exporters list included."""
+        a, b = namespaces
+        daemon = Daemon(a, tmp_path, DNS_AND_RECORDS)
+        daemon.wait_log("collector_started")
+        daemon.config.write_text(DNS_AND_RECORDS.replace("categories: [health]", "categories: [wealth]"))
+        daemon.proc.send_signal(signal.SIGHUP)
+        daemon.wait_log("config_reload_refused")
+        send(b, tmp_path, dns_answer())
+        wait_metric(daemon, "douane_dns_cache_entries", 2)
+        export(a, tmp_path, connections((AZURE, 51000)), "after-refused")
+        wait_metric(daemon, "douane_collector_records_total", 2, exporter="127.0.0.1")
+        # 127.0.0.1 no longer listed: its datagrams are refused from now on.
+        daemon.config.write_text(DNS_AND_RECORDS.replace("exporters: [127.0.0.1]", "exporters: [192.0.2.1]"))
+        daemon.proc.send_signal(signal.SIGHUP)
+        daemon.wait_log("config_reloaded")
+        export(a, tmp_path, connections((AZURE, 51001)), "after-reload")
+        metrics = wait_metric(daemon, "douane_collector_refused_datagrams_total", 1)
+        records = daemon.stop()
+        assert value(metrics, "douane_config_reload_total", result="failure") == 1
+        assert value(metrics, "douane_config_reload_total", result="success") == 1
+        assert value(metrics, "douane_collector_records_total", exporter="192.0.2.1") == 0
+        assert {r["hostname"] for r in records_to(records, AZURE, 51000)} == {NAME}
+        assert records_to(records, AZURE, 51001) == []
+
+    def test_collector_alone(self, namespaces: tuple[str, str], tmp_path: Path) -> None:
+        """`douane run` with a collector and no interface: READY once it listens, its records
+        declared (unnamed: no DNS source), the watchdog fed, exit 0 on SIGTERM."""
+        a, _b = namespaces
+        path = tmp_path / "notify.sock"
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.bind(str(path))
+            sock.settimeout(30)
+            daemon = Daemon(a, tmp_path, RECORDS_ONLY, env={"NOTIFY_SOCKET": str(path),
+                                                             "WATCHDOG_USEC": "1000000"},
+                            ready_event="collector_started")
+            messages = [sock.recv(4096).decode()]
+            export(a, tmp_path, connections((AZURE, 51000)), "alone")
+            metrics = wait_metric(daemon, "douane_collector_records_total", 2, exporter="127.0.0.1")
+            while not any("WATCHDOG=1" in m for m in messages):
+                messages.append(sock.recv(4096).decode())
+            records = daemon.stop()
+        assert messages[0] == f"READY=1\nSTATUS=collecting on 127.0.0.1:{COLLECTOR_PORT}"
+        assert {(r["hostname"], r["provider"]) for r in records} == {(None, "microsoft")}
+        assert len(records) == 2
+        assert value(metrics, "douane_packets_total", source="collector") == 0
+        assert not any(e.get("event") == "capture_started" for e in daemon.logs())
