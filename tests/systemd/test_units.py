@@ -418,9 +418,11 @@ def test_replay_and_check_under_the_unit_sandbox(sandbox: list[str], tmp_path: P
 
 def test_live_capture_under_the_unit_sandbox(sandbox: list[str], netns: str, tmp_path: Path) -> None:
     """`douane run` on a veth in its own namespace, with only the unit's capability and system calls:
-    capture starts (AF_PACKET, promiscuous mode, the BPF filter), SIGHUP reloads, SIGTERM exits 0."""
+    capture starts (AF_PACKET, promiscuous mode, the BPF filter) beside the flow collector (a UDP
+    socket on an unprivileged port), SIGHUP reloads, SIGTERM exits 0."""
     config = tmp_path / "douane.yaml"
     config.write_text("capture:\n  interface: dva\n  bpf: 'not port 22'\n"
+                      "  collector:\n    listen: 127.0.0.1:2055\n    exporters: [127.0.0.1]\n"
                       "exporter:\n  listen: 127.0.0.1:19743\nlogging:\n  format: json\n")
     log = tmp_path / "daemon.log"
     with log.open("w") as err:
@@ -440,6 +442,7 @@ def test_live_capture_under_the_unit_sandbox(sandbox: list[str], netns: str, tmp
             if proc.poll() is None:
                 proc.kill()
     assert '"capture_stopped"' in log.read_text()
+    assert '"collector_started"' in log.read_text() and '"collector_stopped"' in log.read_text()
 
 
 # --- douane-report.service and .timer -------------------------------------------------------------
