@@ -532,7 +532,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep flagged flows in this SQLite evidence store (overrides evidence.path)")
     p.set_defaults(func=cmd_replay)
 
-    p = sub.add_parser("run", help="capture live on the configured interfaces (the daemon)")
+    p = sub.add_parser("run", help="the daemon: capture live on capture.interface, receive flow "
+                       "records from capture.collector's exporters, or both")
     add_config(p)
     p.add_argument("--json", action="store_true", help="also print one flow record (JSON) per line")
     # Internal: how the parent of `capture.workers` starts each worker.
