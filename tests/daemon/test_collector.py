@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -465,9 +465,23 @@ def replayed(path: Path, geo: GeoDatabases) -> list[dict[str, Any]]:
     return records
 
 
-def collected(path: Path, geo: GeoDatabases, version: str, tmp_path: Path, expect: int,
-              options: tuple[str, ...] = ()) -> tuple[list[dict[str, Any]], FlowCollector]:
+def softflowd(path: Path, version: str, tmp_path: Path, options: tuple[str, ...] = ()
+              ) -> Callable[[str, int], list[str]]:
+    """softflowd reading `path` and exporting `version` ("5", "9", "10", "10b": IPFIX biflows)."""
     assert SOFTFLOWD is not None
+    # -c none: no control socket (it hangs here otherwise); -d: foreground; -6: IPv6 too.
+    return lambda host, port: [
+        SOFTFLOWD, "-r", str(path), "-n", f"{host}:{port}", "-v", version.rstrip("b"),
+        *(["-b"] if version.endswith("b") else []), "-6", "-d", "-c", "none",
+        "-p", str(tmp_path / "softflowd.pid"), *options]
+
+
+def collected(path: Path, geo: GeoDatabases, version: str, tmp_path: Path, expect: int,
+              options: tuple[str, ...] = (), exporter: Callable[[str, int], list[str]] | None = None
+              ) -> tuple[list[dict[str, Any]], FlowCollector]:
+    """Runs an exporter (softflowd by default) on `path` towards a collector on loopback, and
+    returns the records declared once `expect` have come (or after 10 s), and the collector."""
+    command = exporter or softflowd(path, version, tmp_path, options)
     records: list[dict[str, Any]] = []
     daemon = Replay.build(Config(), [records.append], geo=geo, source="collector")
     collector = FlowCollector(CollectorConfig(listen=f"{LOOPBACK}:0", exporters=(LOOPBACK,)),
@@ -478,12 +492,7 @@ def collected(path: Path, geo: GeoDatabases, version: str, tmp_path: Path, expec
     thread.start()
     try:
         host, port = collector.address
-        # -c none: no control socket (it hangs here otherwise); -d: foreground; -6: IPv6 too.
-        run = subprocess.run(
-            [SOFTFLOWD, "-r", str(path), "-n", f"{host}:{port}", "-v", version.rstrip("b"),
-             *(["-b"] if version.endswith("b") else []), "-6", "-d", "-c", "none",
-             "-p", str(tmp_path / "softflowd.pid"), *options],
-            check=False, capture_output=True, text=True, timeout=30)
+        run = subprocess.run(command(host, port), check=False, capture_output=True, text=True, timeout=30)
         assert run.returncode == 0, run.stderr
         deadline = time.monotonic() + 10
         while len(records) < expect and time.monotonic() < deadline:
@@ -593,6 +602,56 @@ class TestSoftflowd:
         expected = totals(replayed(capture, geo))
         assert len(expected) == 5
         assert all(v[0] and v[2] for k, v in expected.items() if k[4] == "tcp")
+
+
+PMACCTD = shutil.which("pmacctd") or ("/usr/sbin/pmacctd" if Path("/usr/sbin/pmacctd").exists() else None)
+
+
+def pmacct_nfprobe(path: Path, version: str, tmp_path: Path) -> Callable[[str, int], list[str]]:
+    """pmacct's pmacctd reading `path` with its nfprobe plugin exporting `version` (5, 9 or 10)."""
+    assert PMACCTD is not None
+
+    def command(host: str, port: int) -> list[str]:
+        conf = tmp_path / "pmacctd.conf"
+        conf.write_text(
+            "daemonize: false\n"
+            f"pcap_savefile: {path}\n"
+            "plugins: nfprobe\n"
+            f"nfprobe_receiver: {host}:{port}\n"
+            f"nfprobe_version: {version}\n"
+        )
+        return [PMACCTD, "-f", str(conf)]
+
+    return command
+
+
+@pytest.mark.skipif(PMACCTD is None, reason="pmacct not installed (.ci/run installs it)")
+class TestPmacct:
+    """A second exporter, written by other people than softflowd's: pmacct's nfprobe plugin."""
+
+    @pytest.mark.parametrize("version", ["5", "9", "10"], ids=["netflow5", "netflow9", "ipfix"])
+    def test_same_flows_as_replay(self, version: str, capture: Path, geo: GeoDatabases,
+                                  tmp_path: Path) -> None:
+        """pmacctd's nfprobe export of a capture gives douane replay's flows, packets and bytes."""
+        self.same_as_replay(version, capture, geo, tmp_path)
+
+    @pytest.mark.parametrize("version", ["9", "10"], ids=["netflow9", "ipfix"])
+    def test_high_ports_same_flows_as_replay(self, version: str, high_ports: Path, geo: GeoDatabases,
+                                             tmp_path: Path) -> None:
+        """Its one-way records between two high ports give replay's 5-tuples too."""
+        self.same_as_replay(version, high_ports, geo, tmp_path)
+
+    def same_as_replay(self, version: str, capture: Path, geo: GeoDatabases, tmp_path: Path) -> None:
+        expected = totals(replayed(capture, geo))
+        if version == "5":
+            expected = {k: v for k, v in expected.items() if ":" not in k[0]}  # v5 is IPv4 only
+        want = sum(1 + (v[0] > 0 and v[2] > 0) for v in expected.values())  # a record per direction
+        records, collector = collected(capture, geo, version, tmp_path, want,
+                                       exporter=pmacct_nfprobe(capture, version, tmp_path))
+        assert totals(records) == expected
+        assert len(records) == want
+        stats = collector.decoder.stats[LOOPBACK]
+        assert (stats.malformed, stats.unknown_template, stats.sequence_gaps) == (0, 0, 0)
 
 
 class TestCollectorConfig:
