@@ -16,8 +16,8 @@ Three figures per protocol, in one process and one run:
 
 - **decode**: ``Decoder.decode`` on every datagram, records kept in a list and dropped.
 - **collector**: ``FlowCollector.handle`` with the pipeline ``douane collect`` builds
-  (``Replay.build(config, source="collector")``, geo databases started, GC tuned as ``cmd_collect``
-  does): allow-list check, decode, ``record_to_flow``, ``pipeline.on_close`` (enrichment, policy,
+  (``Replay.build(config, source="collector")``, geo databases started, GC tuned as the
+  runner does): allow-list check, decode, ``record_to_flow``, ``pipeline.on_close`` (enrichment, policy,
   metrics, summary). Socket reads are not included: a loopback UDP path is measured separately
   (``--udp``) because the kernel, not douane, bounds it.
 - **replay** (baseline): ``douane replay`` on the benchmark capture (``bench/mixed_capture.py``),
