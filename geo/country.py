@@ -103,13 +103,15 @@ class CountryDatabase:
         source = f"{meta.database_type}" + (f": {description}" if description else "")
         return cls(reader=reader, ipv6=meta.ip_version == 6, build_time=build_time, source=source)
 
-    def lookup(self, address: IPv4Address | IPv6Address) -> str | None:
-        """Return the country code of `address`, None when the database has no answer.
+    def lookup(self, address: IPv4Address | IPv6Address | str) -> str | None:
+        """Return the country code of `address` (an address, or its text as inet_ntop writes it),
+        None when the database has no answer.
 
         Raises:
             Exception: whatever a corrupt data section makes the reader raise; the caller counts it.
         """
-        if address.version == 6 and not self.ipv6:
+        ipv6 = ":" in address if isinstance(address, str) else address.version == 6
+        if ipv6 and not self.ipv6:
             # An IPv4-only database (dbip-country-ipv4.mmdb) has no answer, which is not an error.
             return None
         return country_of(self.reader.get(address))

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import socket
 import time
+from bisect import bisect_right
 from dataclasses import dataclass
 from datetime import datetime
 from ipaddress import IPv4Address, IPv6Address
@@ -20,6 +22,7 @@ from douane.geo.files import DatabaseError
 from douane.geo.zones import UNKNOWN, Zone, Zones, ZonesError, default_zones
 
 ATTRIBUTION = embedded.ATTRIBUTION
+ANSWERS_KEPT = 65536  # distinct (AS, country) answers shared between addresses
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +60,66 @@ class GeoAnswer:
 
 
 UNKNOWN_ANSWER = GeoAnswer(asn=None, as_name=None, location_country=None, location_zone=UNKNOWN)
+
+# Every block where `ipaddress` may call an address not global (its special-purpose lists, in any
+# Python release douane runs on: they grew in 3.12 and 3.13) or multicast, coarsened to a few
+# prefixes. An address outside them is global and not multicast whatever the release says, so its
+# look-up needs no `ipaddress` object (parsing and `is_global` cost 6 to 10 µs, the look-up itself
+# about 2); an address inside takes the exact path through `ipaddress`. A test checks that these
+# blocks cover the running release's lists.
+SPECIAL_BLOCKS: dict[int, tuple[str, ...]] = {
+    4: (
+        "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12",
+        "192.0.0.0/24", "192.0.2.0/24", "192.88.99.0/24", "192.168.0.0/16", "198.18.0.0/15",
+        "198.51.100.0/24", "203.0.113.0/24", "224.0.0.0/3",
+    ),
+    6: (
+        "::/8", "100::/8", "2001::/23", "2001:db8::/32", "2002::/16", "3fff::/16", "5f00::/16",
+        "fc00::/6",
+    ),
+}
+
+
+def _spans(blocks: tuple[str, ...]) -> tuple[list[int], list[int]]:
+    """First and last address (as integers) of each block, sorted and merged, for bisection."""
+    starts: list[int] = []
+    ends: list[int] = []
+    for first, last in sorted(
+        (int(net.network_address), int(net.broadcast_address))
+        for net in map(ipaddress.ip_network, blocks)
+    ):
+        if ends and first <= ends[-1] + 1:
+            ends[-1] = max(ends[-1], last)
+        else:
+            starts.append(first)
+            ends.append(last)
+    return starts, ends
+
+
+# By packed length: 4 bytes for IPv4, 16 for IPv6.
+_SPECIAL_SPANS = {4: _spans(SPECIAL_BLOCKS[4]), 16: _spans(SPECIAL_BLOCKS[6])}
+_FAMILY = {4: socket.AF_INET, 16: socket.AF_INET6}
+
+
+def plainly_global(address: object) -> bool:
+    """True when `address` is the canonical text of an address outside every special block.
+
+    Canonical means as `inet_ntop` writes it (douane's own records), so that `ipaddress` would
+    read the same address from it: no scope id, no leading zeros, IPv6 compressed in lower case.
+    """
+    if type(address) is not str:
+        return False
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    try:
+        packed = socket.inet_pton(family, address)
+    except (OSError, ValueError):  # not an address, or a NUL or a surrogate in the text
+        return False
+    if socket.inet_ntop(family, packed) != address:
+        return False
+    starts, ends = _SPECIAL_SPANS[len(packed)]
+    value = int.from_bytes(packed, "big")
+    block = bisect_right(starts, value) - 1
+    return block < 0 or value > ends[block]
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +163,9 @@ class GeoDatabases:
         self._zones_error: str | None = None
         self._infos: dict[str, DatabaseInfo] = {}
         self._lookup_errors = {"country": 0, "asn": 0}
+        # Answers are few (one per AS and country): each is built once and shared by the
+        # addresses that have it. Bounded like the address cache; cleared when the data changes.
+        self._answers: dict[tuple[int | None, str | None], GeoAnswer] = {}
         self.start_seconds: float | None = None
         # A cache per instance (not a decorated method, which would share one cache across
         # instances and keep them alive); built in C, ~0.1 µs per hit.
@@ -127,6 +193,7 @@ class GeoDatabases:
             self._zones, self._zones_error = None, str(failure)
             self._log.warning("geo_zones_unavailable", error=self._zones_error)
         self._cached.cache_clear()
+        self._answers.clear()
         self.start_seconds = time.perf_counter() - began
         self._log.info(
             "geo_databases_started",
@@ -140,6 +207,7 @@ class GeoDatabases:
             self._country.close()
         self._country, self._asn, self._names = None, None, {}
         self._cached.cache_clear()
+        self._answers.clear()
 
     def _open(
         self,
@@ -189,6 +257,9 @@ class GeoDatabases:
             return UNKNOWN_ANSWER
 
     def _answer(self, address: str) -> GeoAnswer:
+        if plainly_global(address):
+            # The databases read the text as they would the object, without building one.
+            return self._query(address)
         try:
             parsed = ipaddress.ip_address(address)
         except (ValueError, TypeError):
@@ -204,7 +275,7 @@ class GeoDatabases:
             return UNKNOWN_ANSWER
         return self._query(parsed)
 
-    def _query(self, address: IPv4Address | IPv6Address) -> GeoAnswer:
+    def _query(self, address: IPv4Address | IPv6Address | str) -> GeoAnswer:
         country = asn = None
         if self._country is not None:
             try:
@@ -216,12 +287,18 @@ class GeoDatabases:
                 asn = self._asn.lookup(address)
             except Exception as failure:  # noqa: BLE001 - same containment for the ASN radix
                 self._lookup_failed("asn", failure)
-        return GeoAnswer(
-            asn=asn,
-            as_name=self._names.get(asn) if asn is not None else None,
-            location_country=country,
-            location_zone=self._zones.zone(country) if self._zones is not None else UNKNOWN,
-        )
+        answer = self._answers.get((asn, country))
+        if answer is None:
+            answer = GeoAnswer(
+                asn=asn,
+                as_name=self._names.get(asn) if asn is not None else None,
+                location_country=country,
+                location_zone=self._zones.zone(country) if self._zones is not None else UNKNOWN,
+            )
+            if len(self._answers) >= ANSWERS_KEPT:
+                self._answers.clear()
+            self._answers[(asn, country)] = answer
+        return answer
 
     def _lookup_failed(self, name: str, failure: Exception) -> None:
         self._lookup_errors[name] += 1

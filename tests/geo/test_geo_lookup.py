@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import ipaddress
 import json
 import lzma
 import os
+import random
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,7 @@ from douane.geo import (
     embedded,
 )
 from douane.geo.country import CountryDatabase
+from douane.geo.lookup import SPECIAL_BLOCKS, plainly_global
 
 Factory = Callable[..., GeoDatabases]
 Writer = Callable[..., bytes]
@@ -145,6 +148,95 @@ class TestEmbeddedData:
     def test_started_quickly_enough_to_measure(self, embedded_geo: GeoDatabases) -> None:
         """start() records how long it took (reported, not asserted: tests never time wall clock)."""
         assert embedded_geo.start_seconds is not None and embedded_geo.start_seconds > 0
+
+
+def _edges() -> list[str]:
+    """The first and last address of every special block and of ipaddress's own lists, and their
+    neighbours outside."""
+    networks = [ipaddress.ip_network(block) for blocks in SPECIAL_BLOCKS.values() for block in blocks]
+    networks += _ipaddress_special_networks()
+    edges = []
+    for net in networks:
+        low, high = int(net.network_address), int(net.broadcast_address)
+        top = 2**32 - 1 if net.version == 4 else 2**128 - 1
+        for value in (low - 1, low, low + 1, high - 1, high, high + 1):
+            if 0 <= value <= top:
+                # IPv6Address: ip_address() would read a small integer as IPv4.
+                address = ipaddress.IPv4Address(value) if net.version == 4 else ipaddress.IPv6Address(value)
+                edges.append(str(address))
+    return edges
+
+
+def _ipaddress_special_networks() -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """The networks the running ipaddress treats as not global (private, shared, reserved,
+    multicast; their exceptions lie inside them). Private names: read here, in a test, only."""
+    found: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+    for constants in (ipaddress._IPv4Constants, ipaddress._IPv6Constants):  # type: ignore[attr-defined]
+        found += constants._private_networks
+        found += [constants._multicast_network]
+        if hasattr(constants, "_public_network"):
+            found.append(constants._public_network)
+    return found
+
+
+class TestPlainlyGlobal:
+    """The look-up's fast path: canonical text outside the special blocks needs no ipaddress."""
+
+    def test_special_blocks_cover_ipaddress(self) -> None:
+        """Every network the running ipaddress does not call global, and multicast, lies inside a
+        special block, so the fast path never answers for one of them."""
+        blocks = [ipaddress.ip_network(b) for blocks in SPECIAL_BLOCKS.values() for b in blocks]
+        networks = _ipaddress_special_networks()
+        assert len(networks) > 20
+        for net in networks:
+            assert any(
+                net.version == block.version and net.subnet_of(block)  # type: ignore[arg-type]
+                for block in blocks
+            ), net
+
+    def test_agrees_with_ipaddress(self) -> None:
+        """Wherever the fast path answers, ipaddress says global and not multicast: at every block
+        edge and at random addresses of both families."""
+        rng = random.Random(7)
+        addresses = _edges()
+        addresses += [str(ipaddress.IPv4Address(rng.getrandbits(32))) for _ in range(20_000)]
+        addresses += [str(ipaddress.IPv6Address(rng.getrandbits(128))) for _ in range(5_000)]
+        addresses += [str(ipaddress.IPv6Address(rng.getrandbits(16) << 112)) for _ in range(5_000)]
+        fast = 0
+        for text in addresses:
+            if plainly_global(text):
+                fast += 1
+                parsed = ipaddress.ip_address(text)
+                assert parsed.is_global and not parsed.is_multicast, text
+        assert fast > 20_000
+
+    @pytest.mark.parametrize(
+        "address",
+        ["2A00:1450::1", "2a00:1450:0::1", "fe80::1%eth0", "::ffff:8.8.8.8", "8.8.8.8 ", "08.8.8.8",
+         "8.8.8.8\x00", "\ud800", "10.1.2.3", "224.0.0.1", "2001:db8::1", "ff02::1", "192.0.2.1"],
+    )
+    def test_other_text_takes_the_exact_path(self, address: str) -> None:
+        """Non-canonical, scoped, mapped, special or invalid text is left to ipaddress."""
+        assert not plainly_global(address)
+
+    @pytest.mark.parametrize("value", [b"\x08\x08\x08\x08", 134744072, None])
+    def test_not_text(self, value: object) -> None:
+        """Only text takes the fast path (ipaddress also reads packed bytes and integers)."""
+        assert not plainly_global(value)
+
+    def test_same_answers_both_paths(self, embedded_geo: GeoDatabases) -> None:
+        """The databases answer the text exactly as they answer the address object."""
+        rng = random.Random(11)
+        texts = ["8.8.8.8", "2a01:4f8::1", "2001:4860:4860::8888", "51.178.0.1", "1.1.1.1"]
+        texts += [str(ipaddress.IPv4Address(rng.getrandbits(32))) for _ in range(3_000)]
+        texts += [str(ipaddress.IPv6Address((0x2000 + rng.getrandbits(12)) << 112 | rng.getrandbits(112)))
+                  for _ in range(3_000)]
+        for text in filter(plainly_global, texts):
+            assert embedded_geo._query(text) == embedded_geo._query(ipaddress.ip_address(text)), text
+
+    def test_answers_shared(self, embedded_geo: GeoDatabases) -> None:
+        """Two addresses with the same AS and country share one answer object."""
+        assert embedded_geo.lookup("8.8.8.8") is embedded_geo.lookup("8.8.4.4")
 
 
 class TestGeoDatabases:
