@@ -170,6 +170,21 @@ class TestJurisdictions:
         first = plain.determine("192.0.2.200", 16276, "FR")
         assert plain.determine("192.0.2.200", 16276, "FR") is first
 
+    def test_cached_per_network(self, plain: Jurisdictions) -> None:
+        """Addresses with the same AS, country and name share one answer: the address itself does
+        not decide, only the published range that holds it."""
+        first = plain.determine("192.0.2.201", 16276, "FR", "files.ovh.net")
+        assert plain.determine("192.0.2.202", 16276, "FR", "files.ovh.net") is first
+
+    def test_cached_per_range(self, with_ranges: Jurisdictions) -> None:
+        """With range files, two addresses of one AS in different published ranges keep their own
+        answers (region, country), and each equals the uncached one."""
+        storage = with_ranges.determine("20.199.120.7", 8075, "US")
+        cloud = with_ranges.determine("20.19.1.1", 8075, "US")
+        assert storage.range_service != cloud.range_service or storage.region != cloud.region
+        for address, answer in (("20.199.120.7", storage), ("20.19.1.1", cloud)):
+            assert replace(with_ranges.explain(address, 8075, "US"), evidence=()) == answer
+
     def test_provider_labels(self, plain: Jurisdictions) -> None:
         """The provider label set is the registry's slugs plus other and unknown."""
         assert plain.provider_labels == plain.registry.slugs | {"other", "unknown"}
