@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 from prometheus_client import CollectorRegistry
 
+from douane.daemon import pipeline as pipeline_module
 from douane.daemon.flows import Flow
 from douane.daemon.metrics import Metrics
-from douane.daemon.pipeline import Pipeline
+from douane.daemon.pipeline import Pipeline, address_text, iso_time
 
 
 def outbound_flow() -> Flow:
@@ -58,3 +62,27 @@ class TestFlowRecord:
         records: list[dict[str, Any]] = []
         Pipeline([], Metrics(CollectorRegistry(), set()), [records.append]).on_close(flow)
         assert (records[0]["sampled"], records[0]["sampling_interval"]) == (True, 100)
+
+
+class TestRecordText:
+    @pytest.mark.parametrize(
+        "ts",
+        [0.0, 0.0005, 0.999, 0.9999, 1.0, 1_795_860_000.123, 1_795_860_000.9995, 1_795_860_059.999,
+         -0.25, 2_000_000_000.5],
+    )
+    def test_iso_time(self, ts: float) -> None:
+        """UTC, milliseconds truncated, and a Z: as the record has always written it."""
+        millis = int(ts * 1000)
+        second = datetime.fromtimestamp(millis // 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        assert iso_time(ts) == f"{second}.{millis % 1000:03d}Z"
+
+    def test_address_text(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Addresses read as inet_ntop writes them, and the texts remembered stay within the bound."""
+        monkeypatch.setattr(pipeline_module, "ADDRESS_TEXTS", 8)
+        monkeypatch.setattr(pipeline_module, "_address_texts", {})
+        for number in range(50):
+            v4 = bytes([192, 0, 2, number])
+            v6 = bytes.fromhex("2a001450400780e0000000000000") + number.to_bytes(2, "big")
+            assert address_text(v4) == socket.inet_ntop(socket.AF_INET, v4) == f"192.0.2.{number}"
+            assert address_text(v6) == socket.inet_ntop(socket.AF_INET6, v6)
+            assert len(pipeline_module._address_texts) <= 8
