@@ -28,6 +28,9 @@ from douane.daemon.metrics import (
 Record = dict[str, Any]
 Stage = Callable[[Record], Record | None]
 Sink = Callable[[Record], None]
+# Bounded jurisdiction and provider labels, and (category, egress bytes child, egress flows child).
+_Series = tuple[str, str, tuple[tuple[str, Any, Any], ...]]
+SERIES_KEPT = 4096  # combinations of record values whose label children are remembered
 
 SEVERITIES = frozenset({"notice", "warning", "critical"})  # the verdicts that flag a flow
 PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 47: "gre", 50: "esp", 58: "icmpv6", 132: "sctp"}
@@ -163,7 +166,10 @@ class Pipeline:
         self.sinks = sinks
         self.sink_errors = 0
         # Label children cached: `labels()` costs microseconds, a dict look-up a tenth of that.
-        self._children: dict[tuple[str, ...], tuple[Any, Any]] = {}
+        # Per combination of the record's own values (see `_series_of`), and per flagged series.
+        self._series: dict[tuple[Any, ...], _Series] = {}
+        self._series_providers: frozenset[str] = metrics.providers
+        self._flagged: dict[tuple[Any, tuple[str, ...]], Any] = {}
 
     def declare(self, flow: Flow) -> Record | None:
         record: Record | None = flow_record(flow)
@@ -209,34 +215,54 @@ class Pipeline:
         if delta <= 0 and not (flagged and not flow.flagged):
             return
         m = self.metrics
-        jurisdiction = bounded(record["jurisdiction"], JURISDICTIONS)
-        # Bounded by the registry's slugs (Metrics.providers); the record keeps the real slug.
-        provider = bounded(record["provider"], m.providers)
-        labels = (
-            jurisdiction,
-            bounded(record["location_zone"], LOCATION_ZONES),
-            country_label(record["location_country"]),
-            provider,
-        )
-        children = self._children
-        categories = [bounded(name, DATA_CATEGORIES) for name in record["data_categories"]] or [UNKNOWN]
-        for category in categories:
-            key = (category, *labels)
-            pair = children.get(key)
-            if pair is None:
-                pair = children[key] = (m.egress_bytes.labels(*key), m.egress_flows.labels(*key))
+        # The record's values as they are, bounded into labels once per combination.
+        raw = (record["jurisdiction"], record["location_zone"], record["location_country"],
+               record["provider"], *record["data_categories"])
+        series = self._series.get(raw)
+        if series is None or m.providers is not self._series_providers:
+            series = self._series_of(raw)
+        jurisdiction, provider, children = series
+        for category, egress_bytes, egress_flows in children:
             if delta > 0:
-                pair[0].inc(delta)
+                egress_bytes.inc(delta)
                 if sent_before == 0:
-                    pair[1].inc()
+                    egress_flows.inc()
             if flagged:
                 # Bounded by the policy's rule names (Metrics.rules).
                 flag_key = (verdict, category, jurisdiction, provider, bounded(record["rule"], m.rules))
                 if not flow.flagged:
-                    m.flagged_flows.labels(*flag_key).inc()
+                    self._flagged_child(m.flagged_flows, flag_key).inc()
                 if delta > 0:
-                    m.flagged_bytes.labels(*flag_key).inc(delta)
+                    self._flagged_child(m.flagged_bytes, flag_key).inc(delta)
         if flagged:
             flow.flagged = True
         if delta > 0:
             m.top.add(flow.last, record["asn"], record["as_name"], delta)
+
+    def _flagged_child(self, counter: Any, key: tuple[str, ...]) -> Any:
+        # Each made on first use, as `labels()` would: a series appears once it has counted.
+        child = self._flagged.get((counter, key))
+        if child is None:
+            child = self._flagged[(counter, key)] = counter.labels(*key)
+        return child
+
+    def _series_of(self, raw: tuple[Any, ...]) -> _Series:
+        """The bounded jurisdiction and provider labels and, per data category, the egress children
+        for a record's (jurisdiction, location_zone, location_country, provider, *categories)."""
+        m = self.metrics
+        if m.providers is not self._series_providers or len(self._series) >= SERIES_KEPT:
+            # A reload changed the provider labels, or the record values were too varied.
+            self._series.clear()
+            self._series_providers = m.providers
+        raw_jurisdiction, zone, country, raw_provider, *raw_categories = raw
+        jurisdiction = bounded(raw_jurisdiction, JURISDICTIONS)
+        # Bounded by the registry's slugs (Metrics.providers); the record keeps the real slug.
+        provider = bounded(raw_provider, m.providers)
+        labels = (jurisdiction, bounded(zone, LOCATION_ZONES), country_label(country), provider)
+        categories = [bounded(name, DATA_CATEGORIES) for name in raw_categories] or [UNKNOWN]
+        children = []
+        for category in categories:
+            key = (category, *labels)
+            children.append((category, m.egress_bytes.labels(*key), m.egress_flows.labels(*key)))
+        series = self._series[raw] = (jurisdiction, provider, tuple(children))
+        return series

@@ -46,6 +46,43 @@ class TestPipeline:
             # The record keeps what the stage decided; only the label is bounded.
             assert records[0]["provider"] == slug
 
+    def test_provider_labels_follow_a_reload(self) -> None:
+        """A provider the registry learns on reload (Metrics.providers replaced) is its own label from
+        the next flow on, although earlier flows with the same values were counted as unknown."""
+        registry = CollectorRegistry()
+        metrics = Metrics(registry, {"microsoft"})
+        pipeline = Pipeline([provider_stage("ovhcloud")], metrics, [])
+        labels = {"data_category": "unknown", "jurisdiction": "unknown", "location_zone": "unknown",
+                  "location_country": "unknown"}
+        pipeline.on_close(outbound_flow())
+        metrics.providers = frozenset({"microsoft", "ovhcloud", "other", "unknown"})
+        pipeline.on_close(outbound_flow())
+        sample = registry.get_sample_value
+        assert sample("douane_egress_bytes_total", {**labels, "provider": "unknown"}) == 1500
+        assert sample("douane_egress_bytes_total", {**labels, "provider": "ovhcloud"}) == 1500
+
+    def test_label_children_cache_is_bounded(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """However varied the records' values, the label children remembered stay within the bound,
+        and every flow is still counted under its labels."""
+        monkeypatch.setattr(pipeline_module, "SERIES_KEPT", 4)
+        registry = CollectorRegistry()
+        countries = [f"{a}{b}" for a in "ABC" for b in "XYZ"]
+
+        def country_stage(record: dict[str, Any]) -> dict[str, Any]:
+            record["location_country"] = countries[record["sport"] % len(countries)]
+            return record
+
+        pipeline = Pipeline([country_stage], Metrics(registry), [])
+        for number in range(3 * len(countries)):
+            flow = outbound_flow()
+            flow.sport = number
+            pipeline.on_close(flow)
+            assert len(pipeline._series) <= 4
+        for country in countries:
+            labels = {"data_category": "unknown", "jurisdiction": "unknown", "location_zone": "unknown",
+                      "location_country": country, "provider": "unknown"}
+            assert registry.get_sample_value("douane_egress_bytes_total", labels) == 3 * 1500
+
 
 class TestFlowRecord:
     def test_captured_flow_is_not_sampled(self, net: Any, run_flows: Callable[..., Any]) -> None:
