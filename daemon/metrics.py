@@ -125,7 +125,10 @@ class TopDestinations:
     def add(self, ts: float, asn: int | None, as_name: str | None, nbytes: int) -> None:
         if asn is None or nbytes <= 0:
             return
-        bucket = self._buckets.setdefault(int(ts // self._width), {})
+        index = int(ts // self._width)
+        bucket = self._buckets.get(index)
+        if bucket is None:  # not setdefault: it would build a dict per call to throw away
+            bucket = self._buckets[index] = {}
         key = (asn, as_name or "")
         bucket[key] = bucket.get(key, 0) + nbytes
 

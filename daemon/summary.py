@@ -33,7 +33,9 @@ class Summary:
         if verdict in ("notice", "warning", "critical"):
             flag_key = (str(verdict), record["rule"] or "-", record["provider"] or "-",
                         ",".join(record["data_categories"]) or "-", record.get("zone") or "-")
-            flag = self.flagged.setdefault(flag_key, Row())
+            flag = self.flagged.get(flag_key)
+            if flag is None:
+                flag = self.flagged[flag_key] = Row()
             flag.flows += 1
             flag.bytes_out += record["bytes_in" if direction == "inbound" else "bytes_out"]
         if direction == "internal":
@@ -45,7 +47,9 @@ class Summary:
             record["as_name"] or "unknown",
             record["location_country"] or "??",
         )
-        row = self.rows.setdefault(key, Row())
+        row = self.rows.get(key)
+        if row is None:  # not setdefault: it would build a Row per flow to throw away
+            row = self.rows[key] = Row()
         row.flows += 1
         # "out" is what the local (internal, or opening) side sent to the remote one.
         if direction == "inbound":
