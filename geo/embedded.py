@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
-COUNTRY_FILE = DATA_DIR / "country.mmdb.xz"
+COUNTRY_FILE = DATA_DIR / "country.mmdb.gz"
 ASN_FILE = DATA_DIR / "ipasn.dat.gz"
 AS_NAMES_FILE = DATA_DIR / "asnames.json.gz"
 BUILD_FILE = DATA_DIR / "BUILD.json"

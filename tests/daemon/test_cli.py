@@ -139,7 +139,7 @@ class TestLookup:
         assert result.returncode == 0, result.stderr
         assert "AS15169 Google LLC" in result.stdout
         assert "AS16276" in result.stdout
-        assert "country.mmdb.xz (built 20" in result.stdout
+        assert "country.mmdb.gz (built 20" in result.stdout
 
     def test_json(self) -> None:
         """lookup --json gives one object per address, IPv4-mapped addresses answered as IPv4."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import lzma
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,7 +22,7 @@ class TestEmbeddedFiles:
         """BUILD.json's sha256 and size match each committed data file."""
         manifest = json.loads(embedded.BUILD_FILE.read_text(encoding="utf-8"))
         files = {entry["file"]: entry for entry in manifest["databases"]}
-        assert set(files) == {"country.mmdb.xz", "ipasn.dat.gz", "asnames.json.gz"}
+        assert set(files) == {"country.mmdb.gz", "ipasn.dat.gz", "asnames.json.gz"}
         for name, entry in files.items():
             data = (embedded.DATA_DIR / name).read_bytes()
             assert hashlib.sha256(data).hexdigest() == entry["sha256"], name
@@ -39,7 +38,7 @@ class TestEmbeddedFiles:
             assert "DB-IP" in entry["attribution"]
             assert datetime.fromisoformat(entry["build_time"]).tzinfo is not None
 
-    @pytest.mark.parametrize("name", ["country.mmdb.xz", "ipasn.dat.gz", "asnames.json.gz"])
+    @pytest.mark.parametrize("name", ["country.mmdb.gz", "ipasn.dat.gz", "asnames.json.gz"])
     def test_size_limit(self, name: str) -> None:
         """No committed data file exceeds 5 MB."""
         assert (embedded.DATA_DIR / name).stat().st_size <= MAX_COMMITTED_BYTES
@@ -132,7 +131,7 @@ class TestBuild:
         assert entries["asn"]["build_time"] == "2026-06-17T19:00:00Z"
         assert entries["asn"]["prefixes"] == 2
         assert (
-            lzma.decompress((out / "country.mmdb.xz").read_bytes())
+            gzip.decompress((out / "country.mmdb.gz").read_bytes())
             == (country / "dbip-country.mmdb").read_bytes()
         )
         names = json.loads(gzip.decompress((out / "asnames.json.gz").read_bytes()))

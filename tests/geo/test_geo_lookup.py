@@ -395,7 +395,7 @@ def _directory(path: Path, make_mmdb: Writer) -> None:
 
 def _truncated_mmdb(path: Path, make_mmdb: Writer) -> None:
     # The embedded database cut in half: the metadata (at the end) is gone.
-    whole = lzma.decompress(embedded.COUNTRY_FILE.read_bytes())
+    whole = gzip.decompress(embedded.COUNTRY_FILE.read_bytes())
     path.write_bytes(whole[: len(whole) // 2])
 
 
