@@ -51,7 +51,7 @@ from typing import Any
 import structlog
 
 from douane.daemon.hostname import clean_hostname
-from douane.daemon.pseudonym import Pseudonymiser
+from douane.daemon.pseudonym import Pseudonymiser, already_canonical
 
 Record = dict[str, Any]
 
@@ -340,6 +340,8 @@ def _address(value: Any) -> str | None:
 
 @lru_cache(maxsize=8192)
 def _canonical_address(value: str) -> str | None:
+    if already_canonical(value):
+        return value
     try:
         return str(ipaddress.ip_address(value))
     except ValueError:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
+import socket
 import stat
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 from douane.daemon.pseudonym import (
     SECRET_BYTES,
@@ -16,6 +20,8 @@ from douane.daemon.pseudonym import (
     PseudonymError,
     Pseudonymiser,
     _create_secret,
+    already_canonical,
+    canonical_address,
 )
 
 PSEUDONYM = re.compile(r"h:[0-9a-f]{16}")
@@ -127,3 +133,41 @@ class TestFromStateDir:
         state.write_text("")
         with pytest.raises(PseudonymError, match="cannot create or read"):
             Pseudonymiser.from_state_dir(state)
+
+
+class TestAlreadyCanonical:
+    """The shortcut never says "canonical" where `ipaddress` would write the address otherwise."""
+
+    @given(value=st.integers(0, 2**128 - 1), v6=st.booleans(), form=st.sampled_from(
+        ["str", "ntop", "exploded", "upper", "mapped"]))
+    @example(value=0xFFFF_0102_0304, v6=True, form="ntop")  # ::ffff:1.2.3.4, dotted by inet_ntop
+    @example(value=0x0001_0000_0000_0000_0000_0000_0000_0001, v6=True, form="ntop")  # 1::1
+    @example(value=0x2001_0db8_0000_0001_0000_0000_0000_0001, v6=True, form="ntop")  # two zero runs
+    def test_agrees_with_ipaddress(self, value: int, v6: bool, form: str) -> None:
+        address = ipaddress.ip_address(value if v6 else value % 2**32) if v6 or form != "mapped" else (
+            ipaddress.IPv6Address(0xFFFF_0000_0000 | value % 2**32))
+        packed = address.packed
+        text = {
+            "str": str(address),
+            "ntop": socket.inet_ntop(socket.AF_INET6 if len(packed) == 16 else socket.AF_INET, packed),
+            "exploded": address.exploded,
+            "upper": str(address).upper(),
+            "mapped": str(address),
+        }[form]
+        expected = str(ipaddress.ip_address(text))
+        assert canonical_address(text) == expected
+        if already_canonical(text):
+            assert text == expected
+
+    @given(text=st.text(max_size=50))
+    def test_any_text(self, text: str) -> None:
+        """Random text is never taken as canonical unless `ipaddress` writes it so."""
+        if already_canonical(text):
+            assert str(ipaddress.ip_address(text)) == text
+
+    def test_records_take_the_shortcut(self) -> None:
+        """The texts douane's records hold (inet_ntop) are recognised without `ipaddress`."""
+        assert already_canonical("10.0.0.5") and already_canonical("fd00::5")
+        assert already_canonical("2001:db8::1:0:0:1")
+        assert not already_canonical("2001:DB8::1") and not already_canonical("010.0.0.5")
+        assert not already_canonical("::ffff:1.2.3.4")  # dotted IPv6: left to ipaddress
