@@ -223,9 +223,7 @@ class Identify:
     # -- UDP: DNS answers, QUIC Initials ----------------------------------------------------------
 
     def _udp(self, flow: Flow, state: FlowState, outward: bool, payload: bytes, ts: float) -> None:
-        if state.resolver:
-            self._dns_message(flow, state, outward, payload, ts)
-            return
+        """QUIC Initials, and DNS on a port that is not a resolver's (on_payload takes resolvers)."""
         if outward:
             state.out_packets += 1
             if not state.out_done:
