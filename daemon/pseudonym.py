@@ -19,11 +19,12 @@ import hmac
 import ipaddress
 import os
 import secrets
-import socket
 import stat
 from pathlib import Path
 
 import structlog
+
+from douane.geo.address_text import ntop_packed
 
 SECRET_FILE = "pseudonym.key"  # noqa: S105 -- a file name, not a secret
 SECRET_BYTES = 32
@@ -57,14 +58,9 @@ def already_canonical(addr: str) -> bool:
     unchanged from `inet_pton` and `inet_ntop` is canonical; anything else takes the slow path.
     Parsing into an `ipaddress` object costs 5 to 15 µs, this test well under one.
     """
-    v6 = ":" in addr
-    if v6 and "." in addr:
+    if ":" in addr and "." in addr:
         return False
-    family = socket.AF_INET6 if v6 else socket.AF_INET
-    try:
-        return socket.inet_ntop(family, socket.inet_pton(family, addr)) == addr
-    except (OSError, ValueError):  # not an address, a NUL or a surrogate in the text
-        return False
+    return ntop_packed(addr) is not None
 
 
 class Pseudonymiser:

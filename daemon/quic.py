@@ -12,7 +12,8 @@ bits), IETF drafts 22 to 34 with their salts, Facebook's mvfst (0xfaceb001, 0xfa
 0xfaceb00e), which use the draft 22 and 23 salts, and Google's T050/T051 (TLS over gQUIC framing).
 Google's older gQUIC (Q0xx, whose handshake is not TLS) is not supported.
 
-The cryptography is `cryptography`'s (HKDF, AES-GCM, AES-ECB); its errors become `MalformedPacket`.
+The cryptography is maintained libraries': HKDF (RFC 5869) on the standard library's HMAC-SHA256, AES-GCM
+and AES-ECB from `cryptography`, whose errors become `MalformedPacket`.
 `parse_initials` returns a list, an empty one for a datagram that is not a client Initial of a
 supported version, or raises `MalformedPacket` (reason "malformed"). Nothing else escapes.
 """
@@ -25,13 +26,11 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 
 from douane.daemon.tls import MAX_CLIENT_HELLO
-from douane.daemon.wire import Reader, malformed
+from douane.daemon.wire import Reader, malformed, varint_at
 
 VERSION_1 = 0x00000001  # RFC 9000
 VERSION_2 = 0x6B3343CF  # RFC 9369 3.1
@@ -121,15 +120,15 @@ def quic_version_name(version: int) -> str | None:
 
 
 def hkdf_expand_label(secret: bytes, label: bytes, length: int) -> bytes:
-    """RFC 8446 7.1 HKDF-Expand-Label with an empty context, over SHA-256."""
+    """RFC 8446 7.1 HKDF-Expand-Label with an empty context, over SHA-256, up to 32 bytes."""
     full = b"tls13 " + label
     info = length.to_bytes(2, "big") + bytes([len(full)]) + full + b"\x00"
-    if length <= SHA256_SIZE:
-        # RFC 5869 2.3: up to one hash length, HKDF-Expand is the single block
-        # T(1) = HMAC(PRK, info | 0x01). Every QUIC Initial key is that short, and one HMAC call
-        # costs a fraction of building an HKDFExpand object (a new connection derives four).
-        return hmac.digest(secret, info + b"\x01", "sha256")[:length]
-    return HKDFExpand(algorithm=hashes.SHA256(), length=length, info=info).derive(secret)
+    if length > SHA256_SIZE:
+        raise ValueError(f"length: at most {SHA256_SIZE} bytes (one HKDF block), got {length}")
+    # RFC 5869 2.3: up to one hash length, HKDF-Expand is the single block
+    # T(1) = HMAC(PRK, info | 0x01). Every QUIC Initial secret and key is that short, and one HMAC
+    # call costs a fraction of building an HKDFExpand object (a new connection derives four).
+    return hmac.digest(secret, info + b"\x01", "sha256")[:length]
 
 
 def initial_secret(version: int, dcid: bytes) -> bytes:
@@ -223,9 +222,9 @@ def parse_initials(datagram: bytes, original_dcid: bytes | None = None) -> list[
         if ptype == 3:
             break  # Retry (a server's) has no length field and ends the datagram
         if ptype == 0:
-            token, pos = _varint(datagram, pos, n)  # Token (RFC 9000 17.2.2)
+            token, pos = varint_at(datagram, pos, n)  # Token (RFC 9000 17.2.2)
             pos += token
-        length, pn_offset = _varint(datagram, pos, n)  # packet number and payload (RFC 9000 17.2)
+        length, pn_offset = varint_at(datagram, pos, n)  # packet number and payload (RFC 9000 17.2)
         end = pn_offset + length
         if end > n:
             raise malformed("quic packet length")
@@ -236,20 +235,6 @@ def parse_initials(datagram: bytes, original_dcid: bytes | None = None) -> list[
         crypto = _decrypt(datagram, start, pn_offset, end, first, version, keys, v.crypto_frame)
         out.append(QuicInitial(version, dcid, scid, crypto))
     return out
-
-
-def _varint(data: bytes, pos: int, end: int) -> tuple[int, int]:
-    """A QUIC variable-length integer (RFC 9000 16) at `pos`: (value, the offset after it)."""
-    if pos >= end:
-        raise malformed("varint past end")
-    first = data[pos]
-    size = 1 << (first >> 6)
-    if pos + size > end:
-        raise malformed("varint past end")
-    value = first & 0x3F
-    for i in range(pos + 1, pos + size):
-        value = (value << 8) | data[i]
-    return value, pos + size
 
 
 def _decrypt(datagram: bytes, start: int, pn_offset: int, end: int, first: int, version: int,

@@ -21,6 +21,20 @@ def malformed(what: str) -> MalformedPacket:
     return MalformedPacket("malformed", what)
 
 
+def varint_at(data: bytes, pos: int, end: int) -> tuple[int, int]:
+    """The QUIC variable-length integer (RFC 9000 section 16) at `pos`: (value, offset after it)."""
+    if pos >= end:
+        raise malformed("varint past end")
+    first = data[pos]
+    size = 1 << (first >> 6)
+    if pos + size > end:
+        raise malformed("varint past end")
+    value = first & 0x3F
+    for i in range(pos + 1, pos + size):
+        value = (value << 8) | data[i]
+    return value, pos + size
+
+
 class Reader:
     """Reads big-endian integers, QUIC varints and byte strings from `data[pos:end]`.
 
@@ -72,18 +86,7 @@ class Reader:
 
     def varint(self) -> int:
         """A QUIC variable-length integer (RFC 9000 section 16): 1, 2, 4 or 8 bytes, 62 bits."""
-        pos = self.pos
-        if pos >= self.end:
-            raise malformed("varint past end")
-        d = self.data
-        first = d[pos]
-        size = 1 << (first >> 6)
-        if pos + size > self.end:
-            raise malformed("varint past end")
-        value = first & 0x3F
-        for i in range(pos + 1, pos + size):
-            value = (value << 8) | d[i]
-        self.pos = pos + size
+        value, self.pos = varint_at(self.data, self.pos, self.end)
         return value
 
     def take(self, n: int) -> bytes:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-import socket
 import time
 from bisect import bisect_right
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from typing import Any
 import structlog
 
 from douane.geo import embedded
+from douane.geo.address_text import ntop_packed
 from douane.geo.asn import AsnDatabase, load_as_names
 from douane.geo.country import CountryDatabase
 from douane.geo.files import DatabaseError
@@ -98,7 +98,6 @@ def _spans(blocks: tuple[str, ...]) -> tuple[list[int], list[int]]:
 
 # By packed length: 4 bytes for IPv4, 16 for IPv6.
 _SPECIAL_SPANS = {4: _spans(SPECIAL_BLOCKS[4]), 16: _spans(SPECIAL_BLOCKS[6])}
-_FAMILY = {4: socket.AF_INET, 16: socket.AF_INET6}
 
 
 def plainly_global(address: object) -> bool:
@@ -107,14 +106,8 @@ def plainly_global(address: object) -> bool:
     Canonical means as `inet_ntop` writes it (douane's own records), so that `ipaddress` would
     read the same address from it: no scope id, no leading zeros, IPv6 compressed in lower case.
     """
-    if type(address) is not str:
-        return False
-    family = socket.AF_INET6 if ":" in address else socket.AF_INET
-    try:
-        packed = socket.inet_pton(family, address)
-    except (OSError, ValueError):  # not an address, or a NUL or a surrogate in the text
-        return False
-    if socket.inet_ntop(family, packed) != address:
+    packed = ntop_packed(address)
+    if packed is None:
         return False
     starts, ends = _SPECIAL_SPANS[len(packed)]
     value = int.from_bytes(packed, "big")

@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sized
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -193,21 +193,8 @@ class TestFlowCollector:
     def test_udp_socket(self) -> None:
         """Datagrams sent to the socket are received, decoded and declared; stop ends the loop."""
         collector, flows = self.make()
-        collector.start()
-        stop = threading.Event()
-        thread = threading.Thread(target=collector.serve, args=(stop,))
-        thread.start()
-        try:
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
-                sender.sendto(V5, collector.address)
-            deadline = time.monotonic() + 5
-            while len(flows) < 2 and time.monotonic() < deadline:
-                time.sleep(0.02)
-        finally:
-            stop.set()
-            thread.join(timeout=5)
-            collector.stop()
-        assert len(flows) == 2 and not thread.is_alive()
+        ended = over_udp(collector, [V5], flows, 2)
+        assert len(flows) == 2 and ended
 
     def test_drain_reads_what_waits(self) -> None:
         """drain() reads the datagrams waiting on the socket, `budget` at most, and returns at once
@@ -318,9 +305,9 @@ def sampled_exchange(version: int) -> list[bytes]:
     ]
 
 
-def over_udp(collector: FlowCollector, datagrams: list[bytes], records: list[dict[str, Any]],
-             expect: int) -> None:
-    """Sends `datagrams` to the started collector over loopback UDP, serves until `expect` records."""
+def over_udp(collector: FlowCollector, datagrams: list[bytes], records: Sized, expect: int) -> bool:
+    """Starts the collector, sends `datagrams` to it over loopback UDP and serves until `records`
+    holds `expect` items (or 10 s); True when the serve loop then ended on its stop event."""
     collector.start()
     stop = threading.Event()
     thread = threading.Thread(target=collector.serve, args=(stop,))
@@ -336,6 +323,7 @@ def over_udp(collector: FlowCollector, datagrams: list[bytes], records: list[dic
         stop.set()
         thread.join(timeout=5)
         collector.stop()
+    return not thread.is_alive()
 
 
 class TestSampledRecords:
