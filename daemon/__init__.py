@@ -1,8 +1,5 @@
 """douane's daemon: capture sources, dissectors, flow table, pipeline, sinks and the CLI."""
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("douane")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0+unknown"
+# The one place the version is written: pyproject.toml reads it from here (`dynamic`), so that every
+# start does not pay importlib.metadata (about 30 ms) to look it up.
+__version__ = "0.1.0"

@@ -45,7 +45,7 @@ from douane.daemon.summary import Summary
 from douane.daemon.workers import run_workers
 from douane.geo.jurisdiction import load_jurisdictions, make_jurisdiction_stage
 from douane.geo.lookup import ATTRIBUTION, GeoConfig, GeoDatabases
-from douane.geo.services import ServiceCatalogue
+from douane.geo.services import default_catalogue
 from douane.geo.state import ResolvedFiles, resolve_files
 from douane.geo.update import fetch_sources, update_from
 
@@ -162,7 +162,7 @@ def build_stages(config: Config, geo: GeoDatabases, metrics: Metrics) -> list[An
     Raises ConfigError (PolicyError) for a bad policy; nothing is changed until it returns.
     """
     jurisdictions = load_jurisdictions(geo_files(config).ranges_dir, config.geo.cache_size)
-    catalogue = ServiceCatalogue.load()
+    catalogue = default_catalogue()  # the shipped file, read once per process
     policy = load_policy(config)
     metrics.providers = frozenset(jurisdictions.provider_labels) | {OTHER, UNKNOWN}
     metrics.rules = frozenset(rule.name for rule in policy.rules) | {UNKNOWN}

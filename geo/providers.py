@@ -17,8 +17,7 @@ from typing import Any
 
 import yaml
 
-# libyaml's safe loader when PyYAML has it (10x faster: start-up reads this file), else Python's.
-_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+from douane.geo.yaml_loader import safe_load
 
 DEFAULT_PROVIDERS_FILE = Path(__file__).resolve().parent / "providers.yaml"
 
@@ -398,7 +397,7 @@ def load_registry(path: Path = DEFAULT_PROVIDERS_FILE) -> Registry:
         ProvidersError: the file cannot be read, is not YAML, or breaks the expected structure.
     """
     try:
-        document: Any = yaml.load(path.read_text(encoding="utf-8"), Loader=_LOADER)  # noqa: S506 - a safe loader
+        document: Any = safe_load(path.read_text(encoding="utf-8"))
     except OSError as error:
         raise ProvidersError(f"{path}: cannot read it ({error.strerror or error})") from None
     except (yaml.YAMLError, UnicodeDecodeError) as error:

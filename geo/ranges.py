@@ -30,9 +30,7 @@ from typing import Any
 import yaml
 
 from douane.geo.files import DatabaseError, read_database
-
-# libyaml's safe loader when PyYAML has it (10x faster: start-up reads the regions table), else Python's.
-_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+from douane.geo.yaml_loader import safe_load
 
 DEFAULT_REGIONS_FILE = Path(__file__).resolve().parent / "regions.yaml"
 # The biggest published file (Azure Service Tags) is about 5 MB; anything far above is not one.
@@ -355,7 +353,7 @@ def load_regions(path: Path = DEFAULT_REGIONS_FILE) -> Regions:
         RegionsError: unreadable, not YAML, or not `{provider: {source, regions: {name: CODE}}}`.
     """
     try:
-        doc: Any = yaml.load(path.read_text(encoding="utf-8"), Loader=_LOADER)  # noqa: S506 - a safe loader
+        doc: Any = safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError, UnicodeDecodeError) as error:
         raise RegionsError(f"{path}: cannot read it as YAML ({error})") from None
     if not isinstance(doc, dict) or doc.get("version") != 1:

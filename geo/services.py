@@ -21,6 +21,8 @@ from typing import Any
 
 import yaml
 
+from douane.geo.yaml_loader import safe_load
+
 DEFAULT_SERVICES_FILE = Path(__file__).resolve().parent / "services.yaml"
 CATEGORIES = frozenset({"health", "school"})
 _SLUG = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
@@ -114,7 +116,7 @@ class ServiceCatalogue:
         """
         path = DEFAULT_SERVICES_FILE if path is None else path
         try:
-            document: Any = yaml.safe_load(path.read_text(encoding="utf-8"))
+            document: Any = safe_load(path.read_text(encoding="utf-8"))
         except OSError as error:
             raise ServicesError(f"{path}: cannot read it ({error.strerror or error})") from None
         except (yaml.YAMLError, UnicodeDecodeError) as error:

@@ -16,6 +16,8 @@ from typing import Any, Final, Literal
 
 import yaml
 
+from douane.geo.yaml_loader import safe_load
+
 Zone = Literal["eea", "adequate", "third", "unknown"]
 EEA: Final = "eea"
 ADEQUATE: Final = "adequate"
@@ -129,7 +131,7 @@ def load_zones(path: Path = DEFAULT_ZONES_FILE) -> Zones:
         ZonesError: the file cannot be read, is not YAML, or breaks the expected structure.
     """
     try:
-        document: Any = yaml.safe_load(path.read_text(encoding="utf-8"))
+        document: Any = safe_load(path.read_text(encoding="utf-8"))
     except OSError as error:
         raise ZonesError(f"{path}: cannot read it ({error.strerror or error})") from None
     except (yaml.YAMLError, UnicodeDecodeError) as error:
