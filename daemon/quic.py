@@ -119,36 +119,75 @@ def quic_version_name(version: int) -> str | None:
     return None if v is None else v.name
 
 
+def _expand_info(label: bytes, length: int) -> bytes:
+    """RFC 8446 7.1 HkdfLabel with an empty context (0x00), then HKDF-Expand's first counter (0x01)."""
+    full = b"tls13 " + label
+    return length.to_bytes(2, "big") + bytes([len(full)]) + full + b"\x00\x01"
+
+
 def hkdf_expand_label(secret: bytes, label: bytes, length: int) -> bytes:
     """RFC 8446 7.1 HKDF-Expand-Label with an empty context, over SHA-256, up to 32 bytes."""
-    full = b"tls13 " + label
-    info = length.to_bytes(2, "big") + bytes([len(full)]) + full + b"\x00"
     if length > SHA256_SIZE:
         raise ValueError(f"length: at most {SHA256_SIZE} bytes (one HKDF block), got {length}")
     # RFC 5869 2.3: up to one hash length, HKDF-Expand is the single block
     # T(1) = HMAC(PRK, info | 0x01). Every QUIC Initial secret and key is that short, and one HMAC
-    # call costs a fraction of building an HKDFExpand object (a new connection derives four).
-    return hmac.digest(secret, info + b"\x01", "sha256")[:length]
+    # call costs a fraction of building an HKDFExpand object.
+    return hmac.digest(secret, _expand_info(label, length), "sha256")[:length]
+
+
+@dataclass(frozen=True, slots=True)
+class _Derivation:
+    """What a version's Initial key derivation can prepare once: its salt's keyed HMAC (copied per
+    connection, so the salt's key schedule is not redone) and its four HkdfLabels."""
+
+    extract: hmac.HMAC
+    client_in: bytes
+    key: bytes
+    iv: bytes
+    hp: bytes
+
+
+def _derivations() -> dict[int, _Derivation]:
+    return {
+        number: _Derivation(
+            hmac.new(v.salt, digestmod="sha256"),
+            _expand_info(b"client in", SHA256_SIZE),
+            _expand_info(v.labels + b"key", 16),
+            _expand_info(v.labels + b"iv", 12),
+            _expand_info(v.labels + b"hp", 16),
+        )
+        for number, v in VERSIONS.items()
+    }
+
+
+_DERIVATIONS = _derivations()
 
 
 def initial_secret(version: int, dcid: bytes) -> bytes:
     """RFC 9001 5.2: initial_secret = HKDF-Extract(initial_salt, client_dst_connection_id)."""
-    v = VERSIONS.get(version)
-    if v is None:
+    d = _DERIVATIONS.get(version)
+    if d is None:
         raise malformed("quic unsupported version")
     # HKDF-Extract (RFC 5869 2.2) is one HMAC with the salt as key.
-    return hmac.digest(v.salt, dcid, "sha256")
+    extract = d.extract.copy()
+    extract.update(dcid)
+    return extract.digest()
 
 
 def client_keys(version: int, dcid: bytes) -> tuple[bytes, bytes, bytes]:
     """The client Initial (key, iv, hp) for a version and the client's first DCID (RFC 9001 5.2)."""
-    secret = hkdf_expand_label(initial_secret(version, dcid), b"client in", 32)
-    prefix = VERSIONS[version].labels
-    return (
-        hkdf_expand_label(secret, prefix + b"key", 16),
-        hkdf_expand_label(secret, prefix + b"iv", 12),
-        hkdf_expand_label(secret, prefix + b"hp", 16),
-    )
+    secret = hmac.digest(initial_secret(version, dcid), _DERIVATIONS[version].client_in, "sha256")
+    # The three labels share one key (the client secret): key it once, copy it per label. Same
+    # HMACs as three hkdf_expand_label calls (the RFC 9001 and 9369 vectors check it), a third less
+    # time: a new QUIC connection pays this derivation.
+    keyed = hmac.new(secret, digestmod="sha256")
+    d = _DERIVATIONS[version]
+    key = keyed.copy()
+    key.update(d.key)
+    iv = keyed.copy()
+    iv.update(d.iv)
+    keyed.update(d.hp)
+    return key.digest()[:16], iv.digest()[:12], keyed.digest()[:16]
 
 
 @lru_cache(maxsize=1024)
