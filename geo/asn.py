@@ -6,7 +6,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-import struct
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
@@ -19,7 +18,6 @@ from douane.geo.files import DatabaseError, read_database
 
 # ASCII digits only: str.isdigit() accepts "²", which int() refuses.
 _ASN_KEY = re.compile(r"[0-9]{1,10}")
-_HALVES = struct.Struct(">QQ")
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,11 +63,7 @@ class AsnDatabase:
                 packed = ipaddress.ip_address(address).packed
         else:
             packed = address.packed
-        if len(packed) == 4:
-            asn = self.table.lookup4(int.from_bytes(packed, "big"))
-        else:
-            asn = self.table.lookup6(*_HALVES.unpack(packed))
-        return asn or None
+        return self.table.lookup(packed) or None
 
 
 def _ipasn_text(data: bytes) -> str:

@@ -45,6 +45,7 @@ _U32 = next(code for code in "IL" if array(code).itemsize == 4)
 _U64 = "Q"
 _LOW_MASK = (1 << 64) - 1
 _BIG_ENDIAN = sys.byteorder == "big"
+_HALVES = struct.Struct(">QQ")
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,20 +69,19 @@ class AsnTable:
     prefixes: int
     source: str
 
-    def lookup4(self, value: int) -> int:
-        """The AS of the IPv4 address `value` (an integer), 0 for none."""
-        index = bisect_right(self.v4_starts, value) - 1
-        return self.v4_asns[index] if index >= 0 else 0
-
-    def lookup6(self, high: int, low: int) -> int:
-        """The AS of the IPv6 address whose high and low 64 bits are given, 0 for none."""
+    def lookup(self, packed: bytes) -> int:
+        """The AS of a packed address (4 bytes IPv4, 16 IPv6), 0 for none."""
+        if len(packed) == 4:
+            end = bisect_right(self.v4_starts, int.from_bytes(packed, "big"))
+            return self.v4_asns[end - 1] if end else 0
+        high, low = _HALVES.unpack(packed)
         v6_high = self.v6_high
-        # The last start at or below the address: among the starts sharing the address's high
-        # half (usually none or one), the last whose low half is at or below the address's.
         end = bisect_right(v6_high, high)
-        first = bisect_left(v6_high, high, 0, end)
-        index = bisect_right(self.v6_low, low, first, end) - 1
-        return self.v6_asns[index] if index >= 0 else 0
+        # Starts sharing the address's high half (rare: only prefixes longer than /64 make
+        # them) are told apart by their low half; otherwise the high half decides alone.
+        if end and v6_high[end - 1] == high:
+            end = bisect_right(self.v6_low, low, bisect_left(v6_high, high, 0, end), end)
+        return self.v6_asns[end - 1] if end else 0
 
     def to_bytes(self) -> bytes:
         """The table in the file format above (uncompressed)."""
