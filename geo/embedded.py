@@ -9,7 +9,7 @@ from pathlib import Path
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 COUNTRY_FILE = DATA_DIR / "country.mmdb.gz"
-ASN_FILE = DATA_DIR / "ipasn.dat.gz"
+ASN_FILE = DATA_DIR / "asn.table.gz"
 AS_NAMES_FILE = DATA_DIR / "asnames.json.gz"
 BUILD_FILE = DATA_DIR / "BUILD.json"
 

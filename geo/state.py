@@ -4,7 +4,8 @@ Layout (written only by geo/update.py)::
 
     STATE_DIR/current -> gen-20261128T100000Z-1a2b/     a symbolic link, replaced atomically
     STATE_DIR/gen-.../country.mmdb[.gz|.xz]            MaxMind DB (DB-IP or GeoLite2 schema)
-    STATE_DIR/gen-.../ipasn.dat[.gz|.xz]               pyasn IPASN
+    STATE_DIR/gen-.../asn.table                        compiled ASN table (geo/asn_table.py)
+    STATE_DIR/gen-.../ipasn.dat[.gz|.xz]               or pyasn IPASN text, from douane before the table
     STATE_DIR/gen-.../asnames.json[.gz|.xz]            pyasn AS names
     STATE_DIR/gen-.../ranges/                          published cloud range files
     STATE_DIR/gen-.../MANIFEST.json                    what was verified, when, from where
@@ -27,7 +28,9 @@ CURRENT = "current"
 RANGES = "ranges"
 MANIFEST = "MANIFEST.json"
 # Base names of the three databases in a generation; the suffix keeps the file's compression.
-BASES = {"country": "country.mmdb", "asn": "ipasn.dat", "as_names": "asnames.json"}
+BASES = {"country": "country.mmdb", "asn": "asn.table", "as_names": "asnames.json"}
+# Names an older douane wrote, still read (more slowly) until the next update replaces them.
+LEGACY_BASES: dict[str, tuple[str, ...]] = {"asn": ("ipasn.dat",)}
 _SUFFIXES = ("", ".gz", ".xz")
 
 
@@ -44,10 +47,11 @@ def current_generation(state_dir: Path | None) -> Path | None:
 
 def generation_file(generation: Path, kind: str) -> Path | None:
     """The database file of `kind` (country, asn, as_names) in a generation, None if absent."""
-    for suffix in _SUFFIXES:
-        path = generation / (BASES[kind] + suffix)
-        if path.is_file():
-            return path
+    for base in (BASES[kind], *LEGACY_BASES.get(kind, ())):
+        for suffix in _SUFFIXES:
+            path = generation / (base + suffix)
+            if path.is_file():
+                return path
     return None
 
 

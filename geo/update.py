@@ -30,7 +30,7 @@ from douane.geo.asn import AsnDatabase, load_as_names
 from douane.geo.country import CountryDatabase
 from douane.geo.files import DatabaseError, read_database
 from douane.geo.ranges import RangeError, is_range_file, load_range_file
-from douane.geo.state import BASES, CURRENT, MANIFEST, RANGES, current_generation
+from douane.geo.state import BASES, CURRENT, MANIFEST, RANGES, current_generation, generation_file
 
 GENERATIONS_KEPT = 2  # the new one and the one before it (a reader may still be opening it)
 _PROBE = IPv4Address("8.8.8.8")  # Google Public DNS: AS15169, United States, for years
@@ -76,7 +76,7 @@ def classify(path: Path) -> str | None:
         return "country"
     if "asnames" in name and ".json" in name:
         return "as_names"
-    if name.endswith((".dat", ".dat.gz", ".dat.xz")):
+    if name.endswith((".dat", ".dat.gz", ".dat.xz", ".table", ".table.gz", ".table.xz")):
         return "asn"
     if _CSV.search(name):
         return "asn_csv"
@@ -107,13 +107,26 @@ def verify_country(path: Path, limits: Limits) -> str:
 
 
 def verify_asn(path: Path, limits: Limits) -> str:
-    """Open the IPASN file and check it. Raises DatabaseError."""
+    """Open the ASN file (compiled table or IPASN text) and check it. Raises DatabaseError."""
     database = AsnDatabase.open(path)
     if database.prefixes < limits.asn_min_prefixes:
         raise DatabaseError(f"{database.prefixes} prefixes, below the {limits.asn_min_prefixes} expected")
     if limits.probes and (found := database.lookup(_PROBE)) != _PROBE_ASN:
         raise DatabaseError(f"sanity look-up failed: {_PROBE} is in AS{found}, expected AS{_PROBE_ASN}")
-    return f"IPASN, {database.prefixes} prefixes"
+    table = database.table
+    return f"ASN table, {database.prefixes} prefixes in {len(table.v4_starts) + len(table.v6_high)} ranges"
+
+
+def compile_asn(source: Path, target: Path) -> None:
+    """Write the compiled table of an ASN file (IPASN text or table) to `target`.
+
+    Stored compiled whatever was offered, so that every later start loads it in a few hundredths
+    of a second instead of parsing text for two.
+
+    Raises:
+        DatabaseError: `source` is not a valid ASN file.
+    """
+    target.write_bytes(AsnDatabase.open(source).table.to_bytes())
 
 
 def verify_names(path: Path, limits: Limits) -> str:
@@ -127,15 +140,16 @@ def verify_names(path: Path, limits: Limits) -> str:
 
 
 def _convert_csv(csv_files: list[Path], into: Path) -> tuple[Path, Path]:
-    """ip-location-db ASN CSVs → a pyasn IPASN file and an AS-names file (as geo/build_data.py does)."""
+    """ip-location-db ASN CSVs → a compiled ASN table and an AS-names file (as geo/build_data.py does)."""
     from douane.geo import build_data  # noqa: PLC0415 - the converter is only needed here
 
     try:
         prefixes, names, _ = build_data.convert_asn(sorted(csv_files))
     except (ValueError, OSError, UnicodeDecodeError) as error:
         raise DatabaseError(f"not an ip-location-db ASN CSV ({str(error)[:120]})") from None
-    asn = into / (BASES["asn"] + ".gz")
-    asn.write_bytes(build_data.gzip_bytes(build_data.ipasn_text(prefixes, "ip-location-db ASN CSV")))
+    asn = into / BASES["asn"]
+    ipasn = build_data.ipasn_text(prefixes, "ip-location-db ASN CSV")
+    asn.write_bytes(build_data.compile_ipasn(ipasn, "ip-location-db ASN CSV").to_bytes())
     as_names = into / (BASES["as_names"] + ".gz")
     as_names.write_bytes(build_data.gzip_bytes(json.dumps(names, sort_keys=True).encode()))
     return asn, as_names
@@ -215,19 +229,20 @@ def _stage(offered: dict[str, list[Path]], staging: Path, limits: Limits,
            report: UpdateReport) -> dict[str, str]:
     manifest: dict[str, str] = {}
     checks = {"country": verify_country, "asn": verify_asn, "as_names": verify_names}
-    staged: dict[str, Path] = {}
+    staged: dict[str, tuple[Path, Path]] = {}  # kind -> (file offered, its place in the generation)
     for kind in ("country", "asn", "as_names"):
         for path in offered.get(kind, []):
-            target = staging / (BASES[kind] + _suffix(path))
-            shutil.copyfile(path, target)
-            staged[kind] = target
+            staged[kind] = (path, staging / (BASES[kind] + ("" if kind == "asn" else _suffix(path))))
     if "asn_csv" in offered:
         try:
-            staged["asn"], staged["as_names"] = _convert_csv(offered["asn_csv"], staging)
+            asn, as_names = _convert_csv(offered["asn_csv"], staging)
+            staged["asn"], staged["as_names"] = (asn, asn), (as_names, as_names)
         except DatabaseError as error:
             report.refused.append(f"{', '.join(map(str, offered['asn_csv']))}: {error}")
-    for kind, target in staged.items():
+    for kind, (source, target) in staged.items():
         try:
+            if source != target:
+                (compile_asn if kind == "asn" else shutil.copyfile)(source, target)
             manifest[target.name] = checks[kind](target, limits)
             report.installed.append(f"{kind}: {manifest[target.name]}")
         except DatabaseError as error:
@@ -259,8 +274,16 @@ def _carry_over(current: Path | None, staging: Path, offered: dict[str, list[Pat
     if "asn_csv" in offered:
         replaced |= {"asn", "as_names"}
     for kind in ("country", "asn", "as_names"):
-        if kind not in replaced and (old := _existing(current, kind)) is not None:
-            os.link(old, staging / old.name)
+        if kind in replaced or (old := generation_file(current, kind)) is None:
+            continue
+        if kind == "asn" and not old.name.startswith(BASES["asn"]):
+            # IPASN text from an older douane (verified when installed): compiled on the way.
+            try:
+                compile_asn(old, staging / BASES["asn"])
+                continue
+            except DatabaseError:
+                (staging / BASES["asn"]).unlink(missing_ok=True)
+        os.link(old, staging / old.name)
     old_ranges = current / RANGES
     if not old_ranges.is_dir():
         return
@@ -277,13 +300,6 @@ def _carry_over(current: Path | None, staging: Path, offered: dict[str, list[Pat
             continue  # verified when installed; unreadable now means it is not worth keeping
         if _range_key(path, fmt) not in new_keys:
             os.link(path, new_ranges / path.name)
-
-
-def _existing(generation: Path, kind: str) -> Path | None:
-    for suffix in ("", ".gz", ".xz"):
-        if (path := generation / (BASES[kind] + suffix)).is_file():
-            return path
-    return None
 
 
 def _swap(state_dir: Path, generation: Path) -> None:

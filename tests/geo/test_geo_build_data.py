@@ -13,6 +13,7 @@ import pyasn
 import pytest
 
 from douane.geo import build_data, embedded
+from douane.geo.asn import AsnDatabase
 
 MAX_COMMITTED_BYTES = 5 * 1024 * 1024
 
@@ -22,7 +23,7 @@ class TestEmbeddedFiles:
         """BUILD.json's sha256 and size match each committed data file."""
         manifest = json.loads(embedded.BUILD_FILE.read_text(encoding="utf-8"))
         files = {entry["file"]: entry for entry in manifest["databases"]}
-        assert set(files) == {"country.mmdb.gz", "ipasn.dat.gz", "asnames.json.gz"}
+        assert set(files) == {"country.mmdb.gz", "asn.table.gz", "asnames.json.gz"}
         for name, entry in files.items():
             data = (embedded.DATA_DIR / name).read_bytes()
             assert hashlib.sha256(data).hexdigest() == entry["sha256"], name
@@ -38,7 +39,7 @@ class TestEmbeddedFiles:
             assert "DB-IP" in entry["attribution"]
             assert datetime.fromisoformat(entry["build_time"]).tzinfo is not None
 
-    @pytest.mark.parametrize("name", ["country.mmdb.gz", "ipasn.dat.gz", "asnames.json.gz"])
+    @pytest.mark.parametrize("name", ["country.mmdb.gz", "asn.table.gz", "asnames.json.gz"])
     def test_size_limit(self, name: str) -> None:
         """No committed data file exceeds 5 MB."""
         assert (embedded.DATA_DIR / name).stat().st_size <= MAX_COMMITTED_BYTES
@@ -104,26 +105,33 @@ class TestConvertAsn:
         assert build_data.gzip_bytes(b"x" * 100) == build_data.gzip_bytes(b"x" * 100)
 
 
+def _packages(source: Path, make_mmdb: Callable[..., bytes]) -> Path:
+    """The two npm packages, unpacked, with one network each."""
+    country = source / "cc" / "package"
+    asn = source / "asn" / "package"
+    country.mkdir(parents=True)
+    asn.mkdir(parents=True)
+    (country / "package.json").write_text(
+        json.dumps({"name": build_data.COUNTRY_PACKAGE, "version": "2.3.2026060120"})
+    )
+    (country / "dbip-country.mmdb").write_bytes(
+        make_mmdb({"8.8.8.0/24": {"country_code": "US"}}, build_epoch=1_780_000_000)
+    )
+    (asn / "package.json").write_text(
+        json.dumps({"name": build_data.ASN_PACKAGE, "version": "2.3.2026061719"})
+    )
+    (asn / "asn-ipv4.csv").write_text("8.8.8.0,8.8.8.255,15169,Google LLC\n")
+    (asn / "asn-ipv6.csv").write_text("2a01:4f8::,2a01:4f9:ffff:ffff:ffff:ffff:ffff:ffff,24940,Hetzner\n")
+    return source
+
+
 class TestBuild:
     def test_build_from_folder(self, tmp_path: Path, make_mmdb: Callable[..., bytes]) -> None:
         """build_data --from DIR writes the three files and a BUILD.json describing them."""
-        country = tmp_path / "src" / "cc" / "package"
-        asn = tmp_path / "src" / "asn" / "package"
-        country.mkdir(parents=True)
-        asn.mkdir(parents=True)
-        (country / "package.json").write_text(
-            json.dumps({"name": build_data.COUNTRY_PACKAGE, "version": "2.3.2026060120"})
-        )
-        (country / "dbip-country.mmdb").write_bytes(
-            make_mmdb({"8.8.8.0/24": {"country_code": "US"}}, build_epoch=1_780_000_000)
-        )
-        (asn / "package.json").write_text(
-            json.dumps({"name": build_data.ASN_PACKAGE, "version": "2.3.2026061719"})
-        )
-        (asn / "asn-ipv4.csv").write_text("8.8.8.0,8.8.8.255,15169,Google LLC\n")
-        (asn / "asn-ipv6.csv").write_text("2a01:4f8::,2a01:4f9:ffff:ffff:ffff:ffff:ffff:ffff,24940,Hetzner\n")
+        source = _packages(tmp_path / "src", make_mmdb)
+        country = source / "cc" / "package"
         out = tmp_path / "out"
-        assert build_data.main(["--from", str(tmp_path / "src"), "--out", str(out)]) == 0
+        assert build_data.main(["--from", str(source), "--out", str(out)]) == 0
 
         manifest = json.loads((out / "BUILD.json").read_text())
         entries = {entry["name"]: entry for entry in manifest["databases"]}
@@ -136,8 +144,41 @@ class TestBuild:
         )
         names = json.loads(gzip.decompress((out / "asnames.json.gz").read_bytes()))
         assert names == {"15169": "Google LLC", "24940": "Hetzner"}
-        ipasn = gzip.decompress((out / "ipasn.dat.gz").read_bytes()).decode()
-        assert "8.8.8.0/24\t15169\n" in ipasn and "2a01:4f8::/31\t24940\n" in ipasn
+        database = AsnDatabase.open(out / "asn.table.gz")
+        assert (database.lookup("8.8.8.8"), database.lookup("8.8.9.0")) == (15169, None)
+        assert database.lookup("2a01:4f9:ffff::1") == 24940 and database.lookup("2a01:4fa::") is None
+        assert not (out / "ipasn.dat.gz").exists()
+
+    def test_ipasn_out(self, tmp_path: Path, make_mmdb: Callable[..., bytes]) -> None:
+        """--ipasn-out keeps the IPASN text the table was compiled from, and BUILD.json its sha256."""
+        source = _packages(tmp_path / "src", make_mmdb)
+        out, text = tmp_path / "out", tmp_path / "ipasn.dat.gz"
+        assert build_data.main(["--from", str(source), "--out", str(out), "--ipasn-out", str(text)]) == 0
+        ipasn = gzip.decompress(text.read_bytes())
+        assert b"8.8.8.0/24\t15169\n" in ipasn and b"2a01:4f8::/31\t24940\n" in ipasn
+        manifest = json.loads((out / "BUILD.json").read_text())
+        (entry,) = [entry for entry in manifest["databases"] if entry["name"] == "asn"]
+        assert entry["compiled_from_ipasn_sha256"] == hashlib.sha256(ipasn).hexdigest()
+
+    def test_recompile_from_ipasn(self, tmp_path: Path, make_mmdb: Callable[..., bytes]) -> None:
+        """--from-ipasn recompiles the table alone, keeps the provenance and drops an old text file."""
+        out = tmp_path / "out"
+        source = _packages(tmp_path / "src", make_mmdb)
+        assert build_data.main(["--from", str(source), "--out", str(out)]) == 0
+        before = json.loads((out / "BUILD.json").read_text())
+        (out / "ipasn.dat.gz").write_bytes(b"an old embedded text file")
+        entry = next(entry for entry in before["databases"] if entry["name"] == "asn")
+        entry.update(file="ipasn.dat.gz", format="pyasn IPASN (gzip)")
+        (out / "BUILD.json").write_text(json.dumps(before))
+        text = tmp_path / "ipasn.dat"
+        text.write_bytes(build_data.ipasn_text({"9.9.9.0/24": 19281}, "ignored"))
+        assert build_data.main(["--from-ipasn", str(text), "--out", str(out)]) == 0
+        after = json.loads((out / "BUILD.json").read_text())
+        (fresh,) = [entry for entry in after["databases"] if entry["name"] == "asn"]
+        assert fresh["file"] == "asn.table.gz" and fresh["prefixes"] == 1
+        assert fresh["source_version"] == "2.3.2026061719" and fresh["build_time"] == entry["build_time"]
+        assert not (out / "ipasn.dat.gz").exists()
+        assert AsnDatabase.open(out / "asn.table.gz").lookup("9.9.9.9") == 19281
 
     def test_missing_package(self, tmp_path: Path) -> None:
         """A folder without the packages is refused with a non-zero status."""

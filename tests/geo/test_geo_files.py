@@ -32,7 +32,7 @@ class TestReadDatabase:
     @pytest.mark.parametrize(
         ("content", "message"),
         [
-            (gzip.compress(CONTENT)[:30], "truncated"),
+            (gzip.compress(CONTENT, mtime=0)[:30], "truncated"),
             (b"\x1f\x8b\x08\x00garbage after a gzip magic", "not a valid gzip file"),
             (b"\xfd7zXZ\x00garbage after an xz magic", "not a valid xz file"),
         ],

@@ -497,7 +497,7 @@ class TestBrokenDatabases:
     def test_malformed_ipasn_text(
         self, small_files: dict[str, Any], tmp_path: Path, content: str, reason: str
     ) -> None:
-        """An IPASN text file with a bad line is refused with pyasn's reason."""
+        """An IPASN text file with a bad line is refused with the line and the reason."""
         path = tmp_path / "bad.dat"
         path.write_text(content, encoding="ascii")
         problems = check_database_files(GeoConfig(**_config_for(small_files, asn_db=path)))

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import gzip
 import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from douane.geo import asn_table
 from douane.geo.state import current_generation, load_geo, resolve_files
 from douane.geo.update import Limits, classify, update_from
 
@@ -31,7 +33,8 @@ class TestClassify:
     @pytest.mark.parametrize(
         ("name", "kind"),
         [("dbip-country-lite-2026-11.mmdb.gz", "country"), ("GeoLite2-Country.mmdb", "country"),
-         ("ipasn_20261128.dat.gz", "asn"), ("asnames.json", "as_names"), ("asn-ipv4.csv", "asn_csv"),
+         ("ipasn_20261128.dat.gz", "asn"), ("asn.table.gz", "asn"), ("asnames.json", "as_names"),
+         ("asn-ipv4.csv", "asn_csv"),
          ("ip-ranges.json", "range"), ("ips-v6", "range"), ("notes.txt", None)],
     )
     def test_names(self, tmp_path: Path, name: str, kind: str | None) -> None:
@@ -115,7 +118,7 @@ class TestUpdateFrom:
         names = sorted(p.name for p in (generation / "ranges").iterdir())
         assert len(names) == 7 and "ip-ranges.json" in names
         assert "3.5.0.0/16" in (generation / "ranges" / "ip-ranges.json").read_text()
-        assert {p.name for p in generation.iterdir()} >= {"country.mmdb", "ipasn.dat", "asnames.json"}
+        assert {p.name for p in generation.iterdir()} >= {"country.mmdb", "asn.table", "asnames.json"}
 
     def test_generations_pruned(self, tmp_path: Path, small_files: dict[str, Any]) -> None:
         """Only the current generation and the one before it are kept."""
@@ -145,3 +148,77 @@ class TestUpdateFrom:
         (tmp_path / "in" / "README").write_text("hello")
         report = update_from(tmp_path / "in", tmp_path / "state", SMALL)
         assert not report.ok and report.ignored and not (tmp_path / "state").exists()
+
+
+def old_state(state: Path, small_files: dict[str, Any]) -> Path:
+    """A state directory as douane wrote it before the compiled table: IPASN text, gzip."""
+    generation = state / "gen-20260101T000000Z-0a0b"
+    generation.mkdir(parents=True)
+    shutil.copy(small_files["country_db"], generation / "country.mmdb")
+    (generation / "ipasn.dat.gz").write_bytes(gzip.compress(small_files["asn_db"].read_bytes()))
+    shutil.copy(small_files["as_names"], generation / "asnames.json")
+    (state / "current").symlink_to(generation.name)
+    return generation
+
+
+def lookup_asn(state: Path, address: str) -> int | None:
+    loaded = load_geo(resolve_files(None, None, None, None, state))
+    try:
+        return loaded.geo.lookup(address).asn
+    finally:
+        loaded.geo.stop()
+
+
+class TestCompiledAsnTable:
+    def test_text_stored_compiled(self, tmp_path: Path, small_files: dict[str, Any]) -> None:
+        """An IPASN text offered to update-db is verified, then stored as the compiled table."""
+        report = update_from(offer(tmp_path / "in", small_files, ranges=False), tmp_path / "state", SMALL)
+        assert report.ok, report.refused
+        assert report.generation is not None
+        table = report.generation / "asn.table"
+        assert table.read_bytes().startswith(asn_table.MAGIC)
+        assert not list(report.generation.glob("ipasn*"))
+        assert any(line.startswith("asn: ASN table, 3 prefixes in ") for line in report.installed)
+        assert resolve_files(None, None, None, None, tmp_path / "state").asn_db == table
+        assert lookup_asn(tmp_path / "state", "2a01:4f8::1") == 24940
+
+    def test_table_offered(self, tmp_path: Path, small_files: dict[str, Any]) -> None:
+        """A compiled table (gzip) offered as is is taken, and stored uncompressed."""
+        source = tmp_path / "in"
+        source.mkdir()
+        first = update_from(offer(tmp_path / "first", small_files, ranges=False), tmp_path / "a", SMALL)
+        assert first.generation is not None
+        (source / "asn.table.gz").write_bytes(gzip.compress((first.generation / "asn.table").read_bytes()))
+        report = update_from(source, tmp_path / "state", SMALL)
+        assert report.ok, report.refused
+        assert report.generation is not None
+        assert (report.generation / "asn.table").read_bytes() == (first.generation / "asn.table").read_bytes()
+
+    def test_corrupt_table_refused(self, tmp_path: Path, small_files: dict[str, Any]) -> None:
+        """A table file cut short is refused with the reason, and nothing is installed."""
+        source = offer(tmp_path / "in", small_files, ranges=False)
+        (source / "ipasn_20261128.dat").unlink()
+        (source / "asn.table").write_bytes(asn_table.MAGIC + bytes(10))
+        report = update_from(source, tmp_path / "state", SMALL)
+        assert not report.ok and current_generation(tmp_path / "state") is None
+        assert any("asn.table: truncated douane ASN table" in line for line in report.refused)
+
+    def test_old_text_generation_loads(self, tmp_path: Path, small_files: dict[str, Any]) -> None:
+        """A generation written by an older douane (ipasn.dat.gz) is still found and read."""
+        generation = old_state(tmp_path / "state", small_files)
+        files = resolve_files(None, None, None, None, tmp_path / "state")
+        assert files.asn_db == generation / "ipasn.dat.gz"
+        assert lookup_asn(tmp_path / "state", "51.178.0.1") == 16276
+
+    def test_old_text_compiled_when_carried_over(self, tmp_path: Path, small_files: dict[str, Any]) -> None:
+        """An update that does not replace the old IPASN text carries it over compiled."""
+        old_state(tmp_path / "state", small_files)
+        ranges = tmp_path / "ranges"
+        ranges.mkdir()
+        shutil.copy(FIXTURES / "ips-v4", ranges / "ips-v4")
+        report = update_from(ranges, tmp_path / "state", SMALL)
+        assert report.ok, report.refused
+        assert report.generation is not None
+        assert sorted(p.name for p in report.generation.iterdir() if p.is_file()) == [
+            "MANIFEST.json", "asn.table", "asnames.json", "country.mmdb"]
+        assert lookup_asn(tmp_path / "state", "8.8.8.8") == 15169
