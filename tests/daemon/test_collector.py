@@ -464,6 +464,18 @@ def softflowd(path: Path, version: str, tmp_path: Path, options: tuple[str, ...]
         "-p", str(tmp_path / "softflowd.pid"), *options]
 
 
+# pmacctd 1.7.7 races at the end of a savefile: when its nfprobe plugin has flushed its flows and exited
+# before the core notices, the core logs "connection lost ... no more plugins active" and exits 1
+# (13 of 60 runs, four at a time, on this machine). Everything was exported by then; the records are
+# compared with replay's below either way, so this exit is not a failure.
+PMACCT_END_RACE = "no more plugins active. Shutting down."
+
+
+def exporter_finished(run: subprocess.CompletedProcess[str]) -> bool:
+    """The exporter read its whole file: exit 0, or pmacctd's end-of-file race (exit 1)."""
+    return run.returncode == 0 or (run.returncode == 1 and PMACCT_END_RACE in run.stderr)
+
+
 def collected(path: Path, geo: GeoDatabases, version: str, tmp_path: Path, expect: int,
               options: tuple[str, ...] = (), exporter: Callable[[str, int], list[str]] | None = None
               ) -> tuple[list[dict[str, Any]], FlowCollector]:
@@ -481,7 +493,7 @@ def collected(path: Path, geo: GeoDatabases, version: str, tmp_path: Path, expec
     try:
         host, port = collector.address
         run = subprocess.run(command(host, port), check=False, capture_output=True, text=True, timeout=30)
-        assert run.returncode == 0, run.stderr
+        assert exporter_finished(run), run.stderr
         deadline = time.monotonic() + 10
         while len(records) < expect and time.monotonic() < deadline:
             time.sleep(0.05)
