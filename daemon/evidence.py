@@ -204,10 +204,22 @@ _FLOW_COLUMNS = (
 _COLUMN_LIST = ", ".join(_FLOW_COLUMNS)
 _PLACEHOLDERS = ", ".join("?" * len(_FLOW_COLUMNS))
 _INSERT_FLOW = f"INSERT INTO flagged_flow ({_COLUMN_LIST}) VALUES ({_PLACEHOLDERS})"  # noqa: S608
-_SELECT_FLOWS = (
-    f"SELECT id, {_COLUMN_LIST} FROM flagged_flow "  # noqa: S608
-    "WHERE start_ms >= ? AND start_ms < ? ORDER BY start_ms, id"
-)
+# Columns a migration added, with the schema version that added them. A read-only reader (`douane
+# report`) of an older store, which it may not migrate, reads them as NULL: what the migration puts
+# in the rows it finds.
+_ADDED_IN = {"sampling_interval": 2}
+
+
+def _select_flows(version: int) -> str:
+    """The flows query for a store at schema `version` (1 or later)."""
+    columns = ", ".join(f"NULL AS {c}" if _ADDED_IN.get(c, 1) > version else c for c in _FLOW_COLUMNS)
+    return (
+        f"SELECT id, {columns} FROM flagged_flow "  # noqa: S608 - column names from this module
+        "WHERE start_ms >= ? AND start_ms < ? ORDER BY start_ms, id"
+    )
+
+
+_SELECT_FLOWS = _select_flows(len(MIGRATIONS))
 _INSERT_CATEGORY = "INSERT INTO flagged_category (flow_id, category, evidence) VALUES (?, ?, ?)"
 
 
@@ -510,6 +522,7 @@ class EvidenceStore:
         self.pseudonymiser = pseudonymiser
         self._log = logger if logger is not None else structlog.get_logger("douane.evidence")
         self._db: sqlite3.Connection | None = None
+        self._select = _SELECT_FLOWS
         self._lock = threading.Lock()
         self._next_prune = 0.0
         # Plain counters for a metrics collector: flows written, values withheld, records that failed.
@@ -624,11 +637,13 @@ class EvidenceStore:
                         "aside to start a new one (sqlite3 .recover may save its records)"
                     )
             if self.config.read_only:
-                if version < current:
+                if version < 1:
                     raise EvidenceError(
-                        f"{path}: schema version {version}, this douane reads {current}; start the "
-                        "daemon once to migrate it"
+                        f"{path}: schema version {version}, this douane reads 1 to {current}; start the "
+                        "daemon once to create its tables"
                     )
+                # An older store (the daemon not restarted since an upgrade) is read as it is.
+                self._select = _select_flows(version)
                 return
             mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if mode != "wal":
@@ -753,7 +768,7 @@ class EvidenceStore:
             # One read transaction: both statements see the same snapshot.
             db.execute("BEGIN")
             try:
-                cursor = db.execute(_SELECT_FLOWS, (low, high))
+                cursor = db.execute(self._select, (low, high))
                 names = [d[0] for d in cursor.description]
                 rows = [dict(zip(names, row, strict=True)) for row in cursor]
                 categories: dict[int, dict[str, list[str]]] = {}

@@ -397,6 +397,35 @@ class TestSampled:
 
 
 class TestStores:
+    def test_store_not_yet_migrated(self, months: Path, tmp_path: Path) -> None:
+        """A store of schema 1 (before issue 7; the daemon not restarted since an upgrade) is
+        reported on as it is, left unchanged, its counts exact: the same report as once migrated."""
+        copy = tmp_path / "months"
+        shutil.copytree(months.parent.parent, copy)
+        old = copy / "state" / "evidence.sqlite"
+        db = sqlite3.connect(old)
+        db.execute("ALTER TABLE flagged_flow DROP COLUMN sampling_interval")  # what schema 2 added
+        db.execute("PRAGMA user_version = 1")
+        db.commit()
+        db.close()
+        before = old.read_bytes()
+        args = ("--since", "2026-11-01", "--until", "2026-11-28")
+        data, migrated = report_json(old, *args), report_json(months, *args)
+        assert old.read_bytes() == before
+        for key in ("generated", "store"):  # when, and the file's path
+            data.pop(key), migrated.pop(key)
+        assert data == migrated
+        assert data["summary"]["categories"]["health"]["flows"] == 2
+
+    def test_store_without_tables(self, tmp_path: Path) -> None:
+        """An empty file (schema 0) has nothing to report on: refused, naming the file."""
+        empty = tmp_path / "state" / "evidence.sqlite"
+        empty.parent.mkdir(parents=True)
+        sqlite3.connect(empty).close()
+        result = report(empty, "--since", "2026-11-01", "--until", "2026-11-28")
+        assert result.returncode != 0
+        assert str(empty) in result.stderr and "schema version 0" in result.stderr
+
     def test_one_day(self, demo: Path) -> None:
         data = report_json(demo, "--since", "2026-11-28", "--until", "2026-11-28")
         check_summary(demo, data, "2026-11-28", "2026-11-29", "2026-11-27")
