@@ -69,22 +69,20 @@ class DnsCache:
     def lookup(self, client: bytes | None, address: bytes, now: float) -> str | None:
         """The name `client` was last told for `address`, else the last any client was told.
 
-        Expired entries are not returned (and are dropped when met).
+        An entry expired at `now` is not returned, but it is kept until newer ones push it out:
+        `now` is not always the latest time (a collected flow record asks about the time its
+        connection began, which can be minutes before a captured packet asked about the present).
         """
         entries = self._entries
         if client is not None:
             hit = entries.get((client, address))
-            if hit is not None:
-                if hit[1] > now:
-                    return hit[0]
-                del entries[(client, address)]
-        hit = entries.get((None, address))
-        if hit is not None:
-            if hit[1] > now:
+            if hit is not None and hit[1] > now:
                 return hit[0]
-            del entries[(None, address)]
+        hit = entries.get((None, address))
+        if hit is not None and hit[1] > now:
+            return hit[0]
         return None
 
     def __len__(self) -> int:
-        """Entries held, expired ones included until they are met or pushed out."""
+        """Entries held, expired ones included until newer ones push them out."""
         return len(self._entries)

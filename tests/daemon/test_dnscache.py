@@ -53,7 +53,18 @@ class TestDnsCache:
         cache.add(CLIENT, ADDRESS, "a.example", 120, T0)
         assert cache.lookup(CLIENT, ADDRESS, T0 + 119.9) == "a.example"
         assert cache.lookup(CLIENT, ADDRESS, T0 + 120) is None
-        assert len(cache) == 0  # both expired entries were dropped when met
+        assert len(cache) == 2  # kept until pushed out: a later question may be about the past
+
+    def test_expired_now_still_answers_for_the_past(self) -> None:
+        """Once a question about the present has met an expired entry, a question about a time
+        when it was valid (a collected flow record, reported after its connection began) still
+        gets the name."""
+        cache = DnsCache(min_ttl=0)
+        cache.add(CLIENT, ADDRESS, "a.example", 120, T0)
+        assert cache.lookup(CLIENT, ADDRESS, T0 + 500) is None
+        assert cache.lookup(None, ADDRESS, T0 + 500) is None
+        assert cache.lookup(CLIENT, ADDRESS, T0 + 60) == "a.example"
+        assert cache.lookup(None, ADDRESS, T0 + 60) == "a.example"
 
     def test_expired_client_entry_falls_back_to_fresh_global(self) -> None:
         """When the client's own answer expired, a fresher answer to another client is used."""

@@ -81,6 +81,14 @@ class TestDnsNames:
         names(collected(first=T + 301))
         assert declared[0].hostname is None
 
+    def test_record_after_a_captured_flow_met_the_expired_answer(self, cache: DnsCache) -> None:
+        """A record arriving after the answer expired, of a connection that began while it was
+        valid, is named, even when a captured flow has looked the address up in between."""
+        names, declared = namer(cache)
+        assert cache.lookup(CLIENT, AZURE, T + 900) is None  # a captured flow of the client, later on
+        names(collected(first=T + 200))
+        assert (declared[0].hostname, declared[0].hostname_source) == (NAME, "dns")
+
     def test_later_record_of_a_connection_keeps_its_name(self, cache: DnsCache) -> None:
         """A long connection reported again after its DNS answer expired keeps the name it had,
         as a captured flow keeps the name it got at its first packet."""
