@@ -19,6 +19,8 @@ from __future__ import annotations
 import ipaddress
 import select
 import socket
+import struct
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -44,8 +46,14 @@ MAX_DATAGRAM = 65_535
 POLL_SECONDS = 0.5  # the receive loop's wake-up: held data expiry and the caller's on_idle
 # Datagrams read per wake-up of a loop shared with live capture: a flood of export datagrams
 # cannot hold the capture ring back longer than this (the socket stays readable, the next wake-up
-# reads on). A full receive buffer shows up as sequence gaps.
+# reads on). A full receive buffer loses datagrams: counted by the kernel (SO_RXQ_OVFL) and here.
 DRAIN_BUDGET = 256
+# socket(7) SO_RXQ_OVFL: each datagram received comes with the number of datagrams the kernel has
+# dropped on this socket so far (its receive buffer full). Python names no constant for it; 40 is
+# its value on Linux's common architectures (asm-generic/socket.h).
+SO_RXQ_OVFL = getattr(socket, "SO_RXQ_OVFL", 40)
+_DROPS = struct.Struct("=I")
+_ANCILLARY = socket.CMSG_SPACE(_DROPS.size)
 # On SIGTERM, what the kernel already holds is declared before the socket closes: at most this
 # many datagrams (a buffer of net.core.rmem_max = 8 MiB holds about 6,000 of 1,400 bytes).
 FINAL_DRAIN = 65_536
@@ -132,6 +140,10 @@ class FlowCollector:
         self.allowed: frozenset[str] = frozenset()
         self.refused = 0  # datagrams from addresses not listed
         self.errors = 0  # datagrams that broke something other than the decoder's contract
+        # Datagrams the kernel dropped, its receive buffer full (over every socket this collector
+        # opened); None where the kernel cannot say (not Linux), so that no false zero is exported.
+        self.dropped: int | None = None
+        self._dropped_before = 0  # the sockets closed before this one
         self._on_flow = on_flow
         self._clock = clock
         self._internal = InternalNetworks(config.internal)
@@ -160,6 +172,9 @@ class FlowCollector:
         sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+            if sys.platform == "linux":
+                sock.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
+                self.dropped = self._dropped_before
             sock.bind((host, int(port)))
             # Read only when poll() says so (here or in the capture loop): never blocks the loop.
             sock.setblocking(False)
@@ -178,6 +193,8 @@ class FlowCollector:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+            # The kernel's count is per socket: a new one (restart) counts on from here.
+            self._dropped_before = self.dropped or 0
 
     def handle(self, data: bytes, exporter: str, now: float) -> int:
         """One datagram: decoded and declared if its exporter is listed. Returns the flows given."""
@@ -218,13 +235,17 @@ class FlowCollector:
         received = 0
         while received < budget:
             try:
-                data, peer = sock.recvfrom(MAX_DATAGRAM)
+                data, ancillary, _flags, peer = sock.recvmsg(MAX_DATAGRAM, _ANCILLARY)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError:  # not the datagram's doing (ENOMEM, a closed socket): logged, retried later
                 self._failed(None, "collector_receive_failed")
                 break
             received += 1
+            # Present only once the kernel has dropped something: the count up to this datagram.
+            for level, kind, value in ancillary:
+                if level == socket.SOL_SOCKET and kind == SO_RXQ_OVFL and len(value) >= _DROPS.size:
+                    self.dropped = self._dropped_before + _DROPS.unpack_from(value)[0]
             self.handle(data, normalise_address(peer[0]), now)
         return received
 
@@ -282,6 +303,13 @@ class CollectorMetrics(Collector):
             "Datagrams from addresses not in capture.collector.exporters, ignored.",
             value=self._collector.refused,
         )
+        if self._collector.dropped is not None:
+            yield CounterMetricFamily(
+                "douane_collector_dropped_datagrams",
+                "Export datagrams the kernel dropped, douane's receive buffer full (known at the next "
+                "datagram received).",
+                value=self._collector.dropped,
+            )
         yield GaugeMetricFamily(
             "douane_collector_templates_active", "Templates held, over all exporters.",
             value=self._collector.decoder.template_count(),

@@ -218,6 +218,40 @@ class TestFlowCollector:
         assert (received, len(flows)) == (3, 6)
         assert collector.drain() == 0  # stopped: nothing to read
 
+    @pytest.mark.skipif(sys.platform != "linux", reason="SO_RXQ_OVFL is Linux's")
+    def test_kernel_drops_counted(self) -> None:
+        """Datagrams the kernel drops while douane does not read (its receive buffer full) are
+        counted, exactly those sent and never received, and exported; a restart counts on."""
+        collector, _flows = self.make()
+        registry = CollectorRegistry()
+        registry.register(CollectorMetrics(collector))
+        collector.start()
+        assert registry.get_sample_value("douane_collector_dropped_datagrams_total") == 0
+        sent = 0
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            # Far more than a receive buffer holds (4 MiB asked, net.core.rmem_max at most).
+            for _ in range(20_000):
+                sender.sendto(V5 + bytes(1_200), collector.address)
+                sent += 1
+            received = 0
+            while waiting := collector.drain(budget=1_000_000):
+                received += waiting
+            assert 0 < received < sent
+            # The kernel tells the count with the next datagram it delivers.
+            sender.sendto(V5, collector.address)
+            sent += 1
+            before, deadline = received, time.monotonic() + 5
+            while received == before and time.monotonic() < deadline:
+                received += collector.drain()
+            assert received == before + 1
+        dropped = sent - received
+        assert collector.dropped == dropped
+        assert registry.get_sample_value("douane_collector_dropped_datagrams_total") == dropped
+        collector.stop()
+        collector.start()  # a new socket: the kernel's count starts again, douane's does not
+        assert collector.dropped == dropped
+        collector.stop()
+
     def test_allow_reloads_exporters(self) -> None:
         """allow() replaces the allow-list (SIGHUP): a newly listed exporter is accepted, with its
         series from zero, and one no longer listed is refused."""

@@ -18,8 +18,10 @@ from typing import Any
 
 import pytest
 import yaml
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from douane.daemon.collector import CollectorConfig, CollectorMetrics, FlowCollector
 from douane.daemon.metrics import DATA_CATEGORIES, DROP_REASONS, JURISDICTIONS, RELOAD_RESULTS
 from douane.daemon.policy import VERDICTS
 
@@ -118,7 +120,8 @@ def test_every_alert_has_a_severity_a_summary_and_a_runbook() -> None:
 
 @pytest.fixture(scope="module")
 def exposition(tmp_path_factory: pytest.TempPathFactory) -> dict[str, set[str]]:
-    """Sample name -> label names, from `douane replay` of the demo capture with the demo config."""
+    """Sample name -> label names, from `douane replay` of the demo capture with the demo config,
+    and from a flow collector."""
     out = tmp_path_factory.mktemp("metrics") / "demo.prom"
     result = subprocess.run(
         [
@@ -129,10 +132,25 @@ def exposition(tmp_path_factory: pytest.TempPathFactory) -> dict[str, set[str]]:
     )
     assert result.returncode == 0, result.stderr
     samples: dict[str, set[str]] = {}
-    for family in text_string_to_metric_families(out.read_text()):
-        for sample in family.samples:
-            samples.setdefault(sample.name, set()).update(sample.labels)
+    for text in (out.read_text(), collector_exposition()):
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                samples.setdefault(sample.name, set()).update(sample.labels)
     return samples
+
+
+def collector_exposition() -> str:
+    """The flow collector's series (`douane collect`, `douane run` with `capture.collector`), which a
+    replay does not have: a real collector listening on loopback, one exporter listed."""
+    config = CollectorConfig(listen="127.0.0.1:0", exporters=("127.0.0.1",))
+    collector = FlowCollector(config, lambda flow: None)
+    registry = CollectorRegistry()
+    registry.register(CollectorMetrics(collector))
+    collector.start()
+    try:
+        return generate_latest(registry).decode()
+    finally:
+        collector.stop()
 
 
 STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
