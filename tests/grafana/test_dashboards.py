@@ -1,8 +1,9 @@
 """Grafana dashboards and provisioning: the JSON model, and every panel's PromQL against a real Prometheus.
 
-The live part starts `douane replay demo.pcap -c config/demo.yaml --serve`, a real `prometheus` server
-scraping it every second, and sends every expression of every panel (template variables substituted)
-to `/api/v1/query`. The replay has finished before the first scrape, so counters never move while
+The live part starts `douane replay demo.pcap -c config/demo.yaml --serve` and a `douane collect` with
+one exporter listed (the flow collector's panels), a real `prometheus` server scraping both every
+second, and sends every expression of every panel (template variables substituted) to
+`/api/v1/query`. The replay has finished before the first scrape, so counters never move while
 Prometheus watches: `rate()` and `increase()` return series whose value is 0 (and ratios of them NaN).
 What the live test proves is that each expression parses, selects series that exist, and groups by
 labels that exist; raw gauges (top destinations, database age, build info) are checked by value.
@@ -85,7 +86,8 @@ DEMO_LABELS: dict[tuple[str, str], dict[str, set[str]]] = {
         "data_category": {"health"},
         "jurisdiction": {"us"},
     },
-    ("douane-health", "Packets per second by source"): {"source": {"pcap"}},
+    ("douane-health", "Packets per second by source"): {"source": {"pcap", "collector"}},
+    ("douane-health", "Flow records per second by exporter"): {"exporter": {"127.0.0.1"}},
     ("douane-health", "Dropped packets by reason"): {
         "reason": {"kernel", "queue", "malformed", "truncated"},
     },
@@ -246,8 +248,8 @@ def test_dashboard_provisioning_points_at_the_installed_dashboards() -> None:
 
 # --- live: a real Prometheus scraping a real douane ---------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as s:
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
@@ -279,20 +281,28 @@ def wait_until(ready: Any, what: str, procs: list[subprocess.Popen[bytes]], seco
 
 @pytest.fixture(scope="module")
 def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Base URL of a Prometheus that has scraped `douane replay demo.pcap --serve` at least three times."""
+    """Base URL of a Prometheus that has scraped `douane replay demo.pcap --serve` and `douane collect`
+    at least three times each."""
     binary = shutil.which("prometheus")
     if binary is None:
         pytest.skip("the prometheus server is not installed "
                     "(Debian package `prometheus`; .ci/run installs it)")
     tmp = tmp_path_factory.mktemp("prometheus")
-    douane_port, prom_port = free_port(), free_port()
+    douane_port, collect_port, prom_port = free_port(), free_port(), free_port()
+    collect_config = tmp / "collect.yaml"
+    collect_config.write_text(
+        f"capture:\n  collector:\n    listen: 127.0.0.1:{free_port(socket.SOCK_DGRAM)}\n"
+        "    exporters: [127.0.0.1]\n"
+        f"exporter:\n  listen: 127.0.0.1:{collect_port}\ngeo:\n  state_dir: {tmp / 'geo'}\n"
+        "logging:\n  format: json\n", encoding="utf-8")
     config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
         # The alert and recording rules run on the same server, so the tests below can check that
         # every rule evaluates against real douane series (issue 6).
         "rule_files": [str(ROOT / "prometheus" / "douane.rules.yml")],
         "scrape_configs": [{"job_name": "douane",
-                            "static_configs": [{"targets": [f"127.0.0.1:{douane_port}"]}]}],
+                            "static_configs": [{"targets": [f"127.0.0.1:{douane_port}",
+                                                            f"127.0.0.1:{collect_port}"]}]}],
     }
     (tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
     procs: list[subprocess.Popen[bytes]] = []
@@ -302,6 +312,8 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 [*DOUANE, "replay", str(demo_capture()), "-c", str(ROOT / "config" / "demo.yaml"),
                  "--serve", f"127.0.0.1:{douane_port}"],
                 stdout=subprocess.DEVNULL, stderr=douane_log))
+            procs.append(subprocess.Popen([*DOUANE, "collect", "-c", str(collect_config)],
+                                          stdout=subprocess.DEVNULL, stderr=douane_log))
             procs.append(subprocess.Popen(
                 [binary, f"--config.file={tmp / 'prometheus.yml'}", f"--storage.tsdb.path={tmp / 'data'}",
                  f"--web.listen-address=127.0.0.1:{prom_port}", "--log.level=warn"],
@@ -312,10 +324,10 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 found = get_json(f"{base}/api/v1/query?query=" + urllib.parse.quote(
                     "count_over_time(douane_build_info[1m])"))
                 result = found.get("data", {}).get("result", [])
-                return bool(result) and float(result[0]["value"][1]) >= 3
+                return len(result) == 2 and all(float(r["value"][1]) >= 3 for r in result)
 
             try:
-                wait_until(scraped_three_times, "three scrapes of douane by prometheus", procs)
+                wait_until(scraped_three_times, "three scrapes of each douane by prometheus", procs)
             except AssertionError as err:
                 logs = (tmp / "douane.log").read_text() + (tmp / "prometheus.log").read_text()
                 raise AssertionError(f"{err}\n{logs[-3000:]}") from None
@@ -379,7 +391,7 @@ def test_variable_query(prometheus: str, uid: str, name: str, expr: str) -> None
     assert found["status"] == "success", found.get("error")
     values = set(found["data"])
     if name == "instance":
-        assert len(values) == 1 and next(iter(values)).startswith("127.0.0.1:")
+        assert len(values) == 2 and all(v.startswith("127.0.0.1:") for v in values)  # both douane
     else:
         assert values == {"health", "school", "personal", "unknown"}
 
@@ -396,7 +408,7 @@ def test_gauges_from_the_demo(prometheus: str) -> None:
     age = panel_query("Oldest geo database")
     assert float(age["data"]["result"][0]["value"][1]) > 0
     builds = panel_query("Build info")
-    assert [s["metric"]["version"] for s in builds["data"]["result"]] == [__version__]
+    assert [s["metric"]["version"] for s in builds["data"]["result"]] == [__version__] * 2  # both
 
 
 def test_alert_rules_evaluate_against_real_series(prometheus: str) -> None:
