@@ -138,7 +138,7 @@ class _Template:
     # Fixed-length templates of plain fields: one struct call per record, unread fields skipped.
     plan: tuple[struct.Struct, tuple[int, ...]] | None = None
     names: bool = False  # a field may carry the server's name (NAME_SOURCES)
-    # Flow templates the plan covers with addresses douane reads: records built without a dict.
+    # Fixed-length flow templates compile_builder accepts: records built without a dict.
     builder: _Builder | None = None
 
 
