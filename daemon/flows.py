@@ -118,22 +118,24 @@ class InternalNetworks:
     def __init__(self, networks: Iterable[str]) -> None:
         self._v4: list[tuple[int, int]] = []
         self._v6: list[tuple[int, int]] = []
-        self._cache: dict[bytes, bool] = {}
+        # Remembered answers by address, read directly by hot paths (collector.record_to_flow)
+        # before they fall back to `in`.
+        self.answers: dict[bytes, bool] = {}
         for text in networks:
             net = ipaddress.ip_network(text, strict=False)
             target = self._v4 if net.version == 4 else self._v6
             target.append((int(net.network_address), int(net.netmask)))
 
     def __contains__(self, addr: bytes) -> bool:
-        known = self._cache.get(addr)
+        known = self.answers.get(addr)
         if known is not None:
             return known
         value = int.from_bytes(addr, "big")
         nets = self._v4 if len(addr) == 4 else self._v6
         inside = any(value & mask == net for net, mask in nets)
-        if len(self._cache) >= self.CACHE:
-            self._cache.clear()  # bounded; refilling costs one flow's worth of look-ups per address
-        self._cache[addr] = inside
+        if len(self.answers) >= self.CACHE:
+            self.answers.clear()  # bounded; refilling costs one flow's worth of look-ups per address
+        self.answers[addr] = inside
         return inside
 
 

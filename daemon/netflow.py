@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import struct
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from operator import itemgetter
+from typing import Any, NamedTuple
 
 from douane.daemon.dissect import MalformedPacket
 from douane.daemon.hostname import SOURCE_RANK, clean_hostname
@@ -136,6 +138,8 @@ class _Template:
     # Fixed-length templates of plain fields: one struct call per record, unread fields skipped.
     plan: tuple[struct.Struct, tuple[int, ...]] | None = None
     names: bool = False  # a field may carry the server's name (NAME_SOURCES)
+    # Fixed-length flow templates compile_builder accepts: records built without a dict.
+    builder: _Builder | None = None
 
 
 @dataclass
@@ -256,7 +260,8 @@ def _make_template(fields: Fields, options: bool, now: float) -> _Template:
     minimum = sum(1 if length == VARIABLE_LENGTH else length for _k, length in fields)
     return _Template(fields, options, now, 0 if variable else minimum, minimum,
                      None if variable else _plan(fields),
-                     any(key in NAME_SOURCES for key, _length in fields))
+                     any(key in NAME_SOURCES for key, _length in fields),
+                     None if options else compile_builder(fields))
 
 
 INT_CODES = {1: "B", 2: "H", 4: "I", 8: "Q"}
@@ -280,6 +285,90 @@ def _plan(fields: Fields) -> tuple[struct.Struct, tuple[int, ...]] | None:
         else:
             return None  # reduced-size encodings of 3, 5, 6, 7 bytes; over-long integers
     return struct.Struct("".join(fmt)), tuple(keys)
+
+
+# How a compiled template's records carry their times, decided once per template with the
+# precedence `Decoder._record` applies per record: milliseconds (152/153), else seconds (150/151),
+# else sysUpTime first/last switched (22/21), else none (the export time stands in).
+TIMES_NONE, TIMES_MS, TIMES_SECONDS, TIMES_UPTIME = range(4)
+# Appended to each unpacked row so that an element the template lacks is read at a fixed index:
+# 0 for a missing integer, None for a missing direction.
+_ABSENT = (0, None)
+
+
+class _Builder(NamedTuple):
+    """A flow template compiled when it is learnt: its data records are read with one struct pass
+    over the set and built by index, without a dict per record (`Decoder._build`).
+
+    `pick` takes the row (the struct's values followed by `_ABSENT`) to (protocol, source,
+    source port, destination, destination port, packets, octets, reverse packets, reverse
+    octets, time 0, time 1, TCP flags, direction), the elements and fallbacks `Decoder._record`
+    reads, resolved once; `names` are the (key, row index) of the fields that may carry a name.
+    """
+
+    layout: struct.Struct
+    pick: Callable[[tuple[Any, ...]], tuple[Any, ...]]
+    times: int
+    names: tuple[tuple[int, int], ...]
+
+
+def compile_builder(fields: Fields) -> _Builder | None:
+    """The compiled reader of a fixed-length flow template, or None where the record-by-record
+    path must decide (see below): both give the same `FlowRecord`s.
+
+    None for a template with a variable-length field (RFC 7011 section 7: records differ in
+    length), without a pair of addresses (no flow record: options, MAC-only), with
+    addresses of impossible lengths (each record is malformed), or with an element read as an
+    integer in a reduced-size encoding struct has no code for (RFC 7011 section 6.2: 3, 5, 6 or
+    7 bytes).
+    """
+    fmt = ["!"]
+    index: dict[int, int] = {}
+    lengths: dict[int, int] = {}
+    for key, length in fields:
+        if length == VARIABLE_LENGTH:
+            return None
+        if key not in RECORD_KEYS or key in index:
+            fmt.append(f"{length}x")  # not read for a flow record, or a repeat: the first counts
+        elif key in RAW_KEYS:
+            fmt.append(f"{length}s")
+            index[key], lengths[key] = len(index), length
+        elif length in INT_CODES:
+            fmt.append(INT_CODES[length])
+            index[key], lengths[key] = len(index), length
+        elif length > 8:
+            fmt.append(f"{length}x")  # an over-long integer is not read (nor on the other path)
+        else:
+            return None
+    if IE_SRC_V4 in index and IE_DST_V4 in index:
+        src, dst = IE_SRC_V4, IE_DST_V4
+    elif IE_SRC_V6 in index and IE_DST_V6 in index:
+        src, dst = IE_SRC_V6, IE_DST_V6
+    else:
+        return None
+    if lengths[src] not in (4, 16) or lengths[src] != lengths[dst]:
+        return None
+    zero, none = len(index), len(index) + 1  # where _ABSENT lands in the row
+
+    def at(key: int, fallback: int | None = None) -> int:
+        return index.get(key, index.get(fallback, zero) if fallback is not None else zero)
+
+    if IE_START_MS in index and IE_END_MS in index:
+        times, time0, time1 = TIMES_MS, index[IE_START_MS], index[IE_END_MS]
+    elif IE_START_SECONDS in index:
+        times, time0, time1 = TIMES_SECONDS, index[IE_START_SECONDS], at(IE_END_SECONDS, IE_START_SECONDS)
+    elif IE_FIRST_SWITCHED in index and IE_LAST_SWITCHED in index:
+        times, time0, time1 = TIMES_UPTIME, index[IE_FIRST_SWITCHED], index[IE_LAST_SWITCHED]
+    else:
+        times, time0, time1 = TIMES_NONE, zero, zero
+    pick = itemgetter(
+        at(IE_PROTOCOL), index[src], at(IE_SRC_PORT), index[dst], at(IE_DST_PORT),
+        at(IE_PACKETS, IE_PACKETS_TOTAL), at(IE_OCTETS, IE_OCTETS_TOTAL),
+        at(R_PACKETS, R_PACKETS_TOTAL), at(R_OCTETS, R_OCTETS_TOTAL), time0, time1,
+        at(IE_TCP_FLAGS), index.get(IE_DIRECTION, none),
+    )
+    names = tuple((key, index[key]) for key in NAME_SOURCES if key in index)
+    return _Builder(struct.Struct("".join(fmt)), pick, times, names)
 
 
 class Decoder:
@@ -537,6 +626,9 @@ class Decoder:
         offset = 0
         end = len(chunk)
         state = self._domain(domain)
+        if template.builder is not None:
+            self._build(chunk, template.builder, state, clock, out)
+            return
         options = template.options
         names = template.names
         if template.plan is not None:
@@ -574,6 +666,57 @@ class Decoder:
                         values[key] = int.from_bytes(raw, "big")
                 offset += length
             self._one(values, options, names, state, clock, out)
+
+    def _build(self, chunk: bytes, builder: _Builder, state: _DomainState, clock: Clock,
+               out: list[FlowRecord]) -> None:
+        """The records of a data set of a compiled template: what `_record` and `record_name`
+        make of each, read in one struct pass. What follows the last whole record is padding."""
+        layout, pick, times, names = builder
+        count = len(chunk) // layout.size
+        if not count:
+            return
+        self._last_data_records += count
+        scale = state.sampling
+        header_ms, uptime = clock
+        if times == TIMES_UPTIME and uptime < 0:
+            if state.system_init is None:
+                times = TIMES_NONE  # IPFIX 21/22 without the exporter's start time: no times
+            else:
+                uptime = (header_ms - state.system_init) & 0xFFFFFFFF
+        exported = header_ms / 1000.0
+        new = tuple.__new__
+        append = out.append
+        absent = _ABSENT
+        hostname = source = None
+        for row in layout.iter_unpack(memoryview(chunk)[:count * layout.size]):
+            (proto, src, sport, dst, dport, packets, octets, rpackets, roctets, time0, time1, flags,
+             direction) = pick(row + absent)
+            if times == TIMES_MS:
+                first, last = time0 / 1000.0, time1 / 1000.0
+            elif times == TIMES_UPTIME:
+                # _uptime_time, inlined: sysUpTime milliseconds wrap at 2**32.
+                delta = (uptime - (time0 & 0xFFFFFFFF)) & 0xFFFFFFFF
+                if delta >= 0x80000000:
+                    delta -= 0x100000000
+                first = (header_ms - delta) / 1000.0
+                delta = (uptime - (time1 & 0xFFFFFFFF)) & 0xFFFFFFFF
+                if delta >= 0x80000000:
+                    delta -= 0x100000000
+                last = (header_ms - delta) / 1000.0
+            elif times == TIMES_SECONDS:
+                first, last = float(time0), float(time1)
+            else:
+                first = last = 0.0
+            if not first:
+                first = last = exported
+            elif last < first:
+                last = first
+            if names:
+                hostname, source = record_name({key: row[i] for key, i in names})
+            append(new(FlowRecord, (
+                proto, src, sport, dst, dport, packets * scale, octets * scale, rpackets * scale,
+                roctets * scale, first, last, flags & 0xFF, direction, scale, hostname, source,
+            )))
 
     def _one(self, values: dict[int, int | bytes], options: bool, names: bool, state: _DomainState,
              clock: Clock, out: list[FlowRecord]) -> None:
@@ -675,6 +818,12 @@ def record_name(values: dict[int, int | bytes]) -> tuple[str | None, str | None]
 ADDRESS_KEYS = frozenset({IE_SRC_V4, IE_DST_V4, IE_SRC_V6, IE_DST_V6})
 # Fields kept as bytes: addresses, and names (cleaned in record_name, never used raw).
 RAW_KEYS = ADDRESS_KEYS | frozenset(NAME_SOURCES)
+# The fields a flow record is made of (`Decoder._record`, `record_name`).
+RECORD_KEYS = RAW_KEYS | {
+    IE_OCTETS, IE_PACKETS, IE_PROTOCOL, IE_TCP_FLAGS, IE_SRC_PORT, IE_DST_PORT, IE_LAST_SWITCHED,
+    IE_FIRST_SWITCHED, IE_DIRECTION, IE_OCTETS_TOTAL, IE_PACKETS_TOTAL, IE_START_SECONDS,
+    IE_END_SECONDS, IE_START_MS, IE_END_MS, R_OCTETS, R_PACKETS, R_OCTETS_TOTAL, R_PACKETS_TOTAL,
+}
 # The fields read; the fast path skips the others without slicing them.
 WANTED = RAW_KEYS | {
     IE_OCTETS, IE_PACKETS, IE_PROTOCOL, IE_TCP_FLAGS, IE_SRC_PORT, IE_DST_PORT, IE_LAST_SWITCHED,

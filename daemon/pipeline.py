@@ -74,47 +74,81 @@ def address_text(raw: bytes) -> str:
     return text
 
 
+# Every record starts as a copy of this one, in its field order (sinks write it as it is): copying
+# a dict of 33 fields costs about half of building it. Fields set per flow are None here; the two
+# mutable ones get a fresh object for each record.
+_RECORD: Record = {
+    "start": None,
+    "end": None,
+    "proto": None,
+    "src": None,
+    "sport": None,
+    "dst": None,
+    "dport": None,
+    "vlan": None,
+    "direction": None,
+    "zone": None,
+    "packets_out": None,
+    "bytes_out": None,
+    "packets_in": None,
+    "bytes_in": None,
+    # Counts from a sampling exporter are estimates: N times what was seen (README).
+    "sampled": None,
+    "sampling_interval": None,
+    "hostname": None,
+    "hostname_source": None,
+    "ech": None,
+    "service": None,
+    "asn": None,
+    "as_name": None,
+    "location_country": None,
+    "location_zone": UNKNOWN,
+    "provider": None,
+    "controller_country": None,
+    "controller_zone": UNKNOWN,
+    "exposure": None,  # a fresh list per record
+    "jurisdiction": UNKNOWN,
+    "data_categories": None,  # a fresh dict per record
+    "verdict": None,
+    "rule": None,
+    "exception": None,
+}
+
+
 def flow_record(flow: Flow) -> Record:
     """The DESIGN.md flow record; fields later stages fill start as null, `unknown` or empty."""
-    ported = flow.proto in PORTED
-    return {
-        "start": iso_time(flow.first),
-        "end": iso_time(flow.last),
-        "proto": PROTO_NAMES.get(flow.proto, str(flow.proto)),
-        "src": address_text(flow.src),
-        "sport": flow.sport if ported else None,
-        "dst": address_text(flow.dst),
-        "dport": flow.dport if ported else None,
-        "vlan": flow.vlan or None,
-        "direction": flow.direction,
-        "zone": None,
-        "packets_out": flow.packets_out,
-        "bytes_out": flow.bytes_out,
-        "packets_in": flow.packets_in,
-        "bytes_in": flow.bytes_in,
-        # Counts from a sampling exporter are estimates: N times what was seen (README).
-        "sampled": flow.sampling > 1,
-        "sampling_interval": flow.sampling if flow.sampling > 1 else None,
-        "hostname": flow.hostname,
-        "hostname_source": flow.hostname_source,
-        "ech": flow.ech,
-        "service": None,
-        "asn": None,
-        "as_name": None,
-        "location_country": None,
-        "location_zone": UNKNOWN,
-        "provider": None,
-        "controller_country": None,
-        "controller_zone": UNKNOWN,
-        "exposure": [],
-        "jurisdiction": UNKNOWN,
-        "data_categories": (
-            {c: list(names) for c, names in flow.evidence.items()} if flow.evidence else {}
-        ),
-        "verdict": None,
-        "rule": None,
-        "exception": None,
-    }
+    record = _RECORD.copy()
+    # iso_time and address_text, inlined: two calls each per flow.
+    millis = int(flow.first * 1000)
+    record["start"] = _utc_second(millis // 1000) + _MILLIS[millis % 1000]
+    millis = int(flow.last * 1000)
+    record["end"] = _utc_second(millis // 1000) + _MILLIS[millis % 1000]
+    proto = flow.proto
+    record["proto"] = PROTO_NAMES.get(proto) or str(proto)
+    src = flow.src
+    record["src"] = _address_texts.get(src) or address_text(src)
+    dst = flow.dst
+    record["dst"] = _address_texts.get(dst) or address_text(dst)
+    if proto in PORTED:
+        record["sport"] = flow.sport
+        record["dport"] = flow.dport
+    record["vlan"] = flow.vlan or None
+    record["direction"] = flow.direction
+    record["packets_out"] = flow.packets_out
+    record["bytes_out"] = flow.bytes_out
+    record["packets_in"] = flow.packets_in
+    record["bytes_in"] = flow.bytes_in
+    sampling = flow.sampling
+    record["sampled"] = sampling > 1
+    if sampling > 1:
+        record["sampling_interval"] = sampling
+    record["hostname"] = flow.hostname
+    record["hostname_source"] = flow.hostname_source
+    record["ech"] = flow.ech
+    record["exposure"] = []
+    evidence = flow.evidence
+    record["data_categories"] = {c: list(names) for c, names in evidence.items()} if evidence else {}
+    return record
 
 
 def remote_address(record: Record) -> str:
@@ -186,9 +220,13 @@ class Pipeline:
             self._count(flow, record)
 
     def on_close(self, flow: Flow) -> None:
-        record = self.declare(flow)
-        if record is None:
-            return
+        # declare(), inlined: one call fewer per flow.
+        record = flow_record(flow)
+        for stage in self.stages:
+            staged = stage(record)
+            if staged is None:
+                return
+            record = staged
         self._count(flow, record)
         for sink in self.sinks:
             try:

@@ -29,10 +29,11 @@ from douane.daemon.collector import (
     CollectorMetrics,
     FlowCollector,
     normalise_address,
+    opener_is_dst,
     record_to_flow,
 )
 from douane.daemon.config import Config, ConfigError, parse_config
-from douane.daemon.flows import DEFAULT_INTERNAL, Flow, InternalNetworks
+from douane.daemon.flows import DEFAULT_INTERNAL, Flow, InternalNetworks, direction_of
 from douane.daemon.live import LiveCapture, LiveConfig
 from douane.daemon.netflow import FlowRecord
 from douane.daemon.pcapfile import open_capture
@@ -122,6 +123,40 @@ class TestRecordToFlow:
             assert (forth.bytes_out, forth.bytes_in, back.bytes_out, back.bytes_in) == (260, 0, 0, 1120)
         else:
             assert (forth.bytes_out, forth.bytes_in, back.bytes_out, back.bytes_in) == (0, 260, 1120, 0)
+
+
+    @given(addresses=st.sampled_from([
+               (C4, S4), (S4, C4), (C4, bytes([10, 0, 0, 9])), (S4, bytes([203, 0, 113, 9])),
+               (bytes(15) + b"\x01", b"\x20\x01\x0d\xb8" + bytes(12)),
+               (b"\xfd" + bytes(15), b"\x20\x01\x0d\xb8" + bytes(12))]),
+           ports=st.tuples(st.sampled_from([53, 443, 1023, 1024, 8443, 40000, 65535]),
+                           st.sampled_from([53, 443, 1024, 5001, 40000, 55000])),
+           counters=st.tuples(*[st.integers(0, 2**40)] * 4), name=st.sampled_from(
+               [(None, None), ("teams.microsoft.com", "tls_sni"), ("ameli.fr", "dns_query")]),
+           sampling=st.sampled_from([1, 100]), swap=st.booleans())
+    def test_same_flow_as_the_flow_constructor(
+            self, addresses: tuple[bytes, bytes], ports: tuple[int, int],
+            counters: tuple[int, int, int, int], name: tuple[str | None, str | None], sampling: int,
+            swap: bool) -> None:
+        """Every slot of the flow is what `Flow()`, `opener_is_dst` and `direction_of` give."""
+        (src, dst), (sport, dport) = addresses, ports
+        if swap:
+            src, dst = dst, src
+        r = FlowRecord(17, src, sport, dst, dport, *counters, T, T + 2, 0x12, 1, sampling, *name)
+        flow = record_to_flow(r, INTERNAL)
+        out, back = counters[:2], counters[2:]
+        if opener_is_dst(src, sport, dst, dport, INTERNAL):
+            src, sport, dst, dport, out, back = dst, dport, src, sport, back, out
+        expected = Flow((0, 17, src, sport, dst, dport), 0, 17, src, sport, dst, dport, T,
+                        direction_of(INTERNAL, src, dst))
+        expected.last = T + 2
+        expected.packets_out, expected.bytes_out = out
+        expected.packets_in, expected.bytes_in = back
+        expected.sampling = sampling
+        expected.hostname, expected.hostname_source = name
+        expected.end_reason = "exported"
+        assert {slot: getattr(flow, slot) for slot in Flow.__slots__} == {
+            slot: getattr(expected, slot) for slot in Flow.__slots__}
 
 
 class TestFlowCollector:
