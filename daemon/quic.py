@@ -138,10 +138,9 @@ def hkdf_expand_label(secret: bytes, label: bytes, length: int) -> bytes:
 @dataclass(frozen=True, slots=True)
 class _Derivation:
     """What a version's Initial key derivation can prepare once: its salt's keyed HMAC (copied per
-    connection, so the salt's key schedule is not redone) and its four HkdfLabels."""
+    connection, so the salt's key schedule is not redone) and the HkdfLabels of its three keys."""
 
     extract: hmac.HMAC
-    client_in: bytes
     key: bytes
     iv: bytes
     hp: bytes
@@ -151,7 +150,6 @@ def _derivations() -> dict[int, _Derivation]:
     return {
         number: _Derivation(
             hmac.new(v.salt, digestmod="sha256"),
-            _expand_info(b"client in", SHA256_SIZE),
             _expand_info(v.labels + b"key", 16),
             _expand_info(v.labels + b"iv", 12),
             _expand_info(v.labels + b"hp", 16),
@@ -176,7 +174,7 @@ def initial_secret(version: int, dcid: bytes) -> bytes:
 
 def client_keys(version: int, dcid: bytes) -> tuple[bytes, bytes, bytes]:
     """The client Initial (key, iv, hp) for a version and the client's first DCID (RFC 9001 5.2)."""
-    secret = hmac.digest(initial_secret(version, dcid), _DERIVATIONS[version].client_in, "sha256")
+    secret = hkdf_expand_label(initial_secret(version, dcid), b"client in", SHA256_SIZE)
     # The three labels share one key (the client secret): key it once, copy it per label. Same
     # HMACs as three hkdf_expand_label calls (the RFC 9001 and 9369 vectors check it), a third less
     # time: a new QUIC connection pays this derivation.

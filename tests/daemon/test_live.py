@@ -69,6 +69,29 @@ def namespaces() -> Iterator[tuple[str, str]]:
         ip("netns", "del", b, check=False)
 
 
+class NotifySocket:
+    """A systemd notification socket for the daemon under test (watchdog every second): what it
+    sent, in order."""
+
+    def __init__(self, path: Path) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(30)
+        self.env = {"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "1000000"}
+        self.messages: list[str] = []
+
+    def until(self, text: str) -> None:
+        """Receive until a message holding `text` has come (30 s at most per message)."""
+        while not any(text in m for m in self.messages):
+            self.messages.append(self.sock.recv(4096).decode())
+
+    def __enter__(self) -> NotifySocket:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.sock.close()
+
+
 class Daemon:
     """`douane run` inside namespace A, its stdout (JSON records) and stderr (JSON logs) in files."""
 
@@ -258,18 +281,12 @@ class TestRun:
     def test_systemd_notifications(self, namespaces: tuple[str, str], tmp_path: Path) -> None:
         """Under systemd: READY=1 once capturing, WATCHDOG=1 within the watchdog period, STOPPING=1."""
         a, _b = namespaces
-        path = tmp_path / "notify.sock"
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-            sock.bind(str(path))
-            sock.settimeout(30)
-            daemon = Daemon(a, tmp_path, CONFIG, env={"NOTIFY_SOCKET": str(path),
-                                                       "WATCHDOG_USEC": "1000000"})
-            messages = [sock.recv(4096).decode()]
-            while not any("WATCHDOG=1" in m for m in messages):
-                messages.append(sock.recv(4096).decode())
+        with NotifySocket(tmp_path / "notify.sock") as systemd:
+            daemon = Daemon(a, tmp_path, CONFIG, env=systemd.env)
+            systemd.until("WATCHDOG=1")
             daemon.stop()
-            while not any("STOPPING=1" in m for m in messages):
-                messages.append(sock.recv(4096).decode())
+            systemd.until("STOPPING=1")
+        messages = systemd.messages
         assert messages[0].startswith("READY=1") and "STATUS=capturing on dva" in messages[0]
 
     def test_missing_interface(self, tmp_path: Path) -> None:
@@ -431,19 +448,14 @@ class TestRunWithCollector:
         """`douane run` with a collector and no interface: READY once it listens, its records
         declared (unnamed: no DNS source), the watchdog fed, exit 0 on SIGTERM."""
         a, _b = namespaces
-        path = tmp_path / "notify.sock"
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-            sock.bind(str(path))
-            sock.settimeout(30)
-            daemon = Daemon(a, tmp_path, RECORDS_ONLY, env={"NOTIFY_SOCKET": str(path),
-                                                             "WATCHDOG_USEC": "1000000"},
-                            ready_event="collector_started")
-            messages = [sock.recv(4096).decode()]
+        with NotifySocket(tmp_path / "notify.sock") as systemd:
+            daemon = Daemon(a, tmp_path, RECORDS_ONLY, env=systemd.env, ready_event="collector_started")
+            systemd.until("READY=1")
             export(a, tmp_path, connections((AZURE, 51000)), "alone")
             metrics = wait_metric(daemon, "douane_collector_records_total", 2, exporter="127.0.0.1")
-            while not any("WATCHDOG=1" in m for m in messages):
-                messages.append(sock.recv(4096).decode())
+            systemd.until("WATCHDOG=1")
             records = daemon.stop()
+        messages = systemd.messages
         assert messages[0] == f"READY=1\nSTATUS=collecting on 127.0.0.1:{COLLECTOR_PORT}"
         assert {(r["hostname"], r["provider"]) for r in records} == {(None, "microsoft")}
         assert len(records) == 2
